@@ -1,0 +1,127 @@
+"""``qvq``: a thin command line over the library (parse, load config, call, report)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from serving.config import hash_api_key, load_config
+from serving.errors import ConfigError
+
+DEFAULT_CONFIG = "configs/local-cpu.yaml"
+DEFAULT_TINY_DIR = ".qvq/models/tiny-qwen2vl"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.engine.vllm_engine import engine_env
+
+    config = load_config(args.config)
+    if not os.path.exists(config.model.path) and os.path.isabs(config.model.path):
+        raise ConfigError(f"model.path {config.model.path} does not exist")
+    for key, value in engine_env(config).items():
+        os.environ.setdefault(key, value)
+    init: dict = {"address": config.ray.address, "include_dashboard": False,
+                  "log_to_driver": True}
+    if config.ray.address is None:
+        init["num_cpus"] = config.ray.num_cpus
+        if config.ray.object_store_memory_mib:
+            init["object_store_memory"] = config.ray.object_store_memory_mib * 2**20
+    ray.init(**{k: v for k, v in init.items() if v is not None or k == "address"})
+    serve.start(http_options={"host": config.server.host, "port": config.server.port,
+                              "request_timeout_s": config.server.request_timeout_s})
+    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+    print(f"qvq-serving ready: http://{config.server.host}:{config.server.port}/v1 "
+          f"(model {config.model.served_name!r}); Ctrl-C to stop", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _build_tiny(args: argparse.Namespace) -> int:
+    from serving.models.tiny import build_tiny_qwen2vl
+
+    out = build_tiny_qwen2vl(args.out, seed=args.seed)
+    print(out)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        config = load_config(path)
+        print(f"{path}: ok (model {config.model.served_name}, "
+              f"tp={config.model.tensor_parallel_size}, max_model_len={config.model.max_model_len})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    print(json.dumps(load_config(args.config).model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    raw = args.key if args.key is not None else getpass.getpass("API key: ")
+    print(json.dumps({"id": args.id, "sha256": hash_api_key(raw)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qvq", description="Serve QVQ-72B-Preview on Ray Serve.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="start local Ray (or join ray.address) and the app")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=_serve)
+
+    model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="model_cmd",
+                                                                             required=True)
+    p = model.add_parser("build-tiny", help="build a tiny random-weight Qwen2-VL offline")
+    p.add_argument("--out", default=DEFAULT_TINY_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_build_tiny)
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="config_cmd",
+                                                                       required=True)
+    p = cfg.add_parser("validate", help="validate config files against the config model")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_validate)
+    p = cfg.add_parser("show", help="print the effective config (file + env overrides)")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=_show)
+
+    auth = sub.add_parser("auth", help="API keys").add_subparsers(dest="auth_cmd", required=True)
+    p = auth.add_parser("hash-key", help="print the config entry (id, sha256) for a key")
+    p.add_argument("--id", required=True)
+    p.add_argument("--key", help="the key (prompted for when omitted)")
+    p.set_defaults(func=_hash_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"qvq: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The one typed configuration of a qvq-serving deployment.
+
+Everything the app does is decided by :class:`ServingConfig`: which model, how vLLM runs it,
+how images are limited and fetched, how each Ray Serve deployment scales, and who may call.
+Every model rejects unknown fields, so a typo in YAML fails at load time with the field's path
+instead of surfacing when replicas start.
+
+Sources, later wins: the YAML file, then environment variables ``QVQ__SECTION__FIELD=value``
+(values parsed as YAML scalars, e.g. ``QVQ__MODEL__MAX_MODEL_LEN=4096``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serving.errors import ConfigError
+
+ENV_PREFIX = "QVQ__"
+
+QVQ_SYSTEM_PROMPT = (
+    "You are a helpful and harmless assistant. You are Qwen developed by Alibaba. "
+    "You should think step-by-step."
+)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(StrictModel):
+    """The model and the vLLM engine options we rely on."""
+
+    path: str = Field(description="Local directory (or hub id where a hub is reachable) of the "
+                                  "Qwen2-VL-architecture checkpoint.")
+    served_name: str = Field(default="qvq-72b-preview",
+                             description="Model id clients send in `model` and see in /v1/models.")
+    aliases: list[str] = Field(default_factory=list,
+                               description="Other model ids accepted as the same model.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Weight and activation dtype passed to vLLM.")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16,
+                                      description="GPUs per generator replica (vLLM tensor "
+                                                  "parallel); also the placement-group size.")
+    max_model_len: int = Field(default=32768, ge=256,
+                               description="Context window: prompt (text + image tokens) plus "
+                                           "generated tokens.")
+    max_num_seqs: int = Field(default=64, ge=1, description="vLLM: sequences batched at once.")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=256, description="vLLM: tokens per scheduler step (None = vLLM default).")
+    gpu_memory_utilization: float = Field(default=0.92, gt=0.0, le=1.0,
+                                          description="vLLM: fraction of GPU memory to use.")
+    enforce_eager: bool = Field(default=False,
+                                description="vLLM: disable CUDA graphs / torch.compile.")
+    enable_prefix_caching: bool = Field(default=True,
+                                        description="vLLM: reuse KV cache of shared prefixes.")
+    cpu_kv_cache_gib: int = Field(default=1, ge=1,
+                                  description="KV cache size on the CPU backend "
+                                              "(VLLM_CPU_KVCACHE_SPACE); ignored on GPUs.")
+    default_max_tokens: int = Field(default=8192, ge=1,
+                                    description="max_tokens when a request gives none (QVQ's "
+                                                "answers run to ~8k tokens); capped by the "
+                                                "room left in the context.")
+    default_system_prompt: str | None = Field(
+        default=QVQ_SYSTEM_PROMPT,
+        description="System message added when a request has none (None adds nothing and "
+                    "leaves the chat template's own default).")
+    seed: int = Field(default=0, description="vLLM engine seed.")
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.served_name, *self.aliases]
+
+
+class ImageConfig(StrictModel):
+    """Limits and geometry of request images (qwen-vl-utils' smart_resize rules)."""
+
+    min_pixels: int = Field(default=256 * 28 * 28, ge=28 * 28,
+                            description="Lower bound of the resized pixel count.")
+    max_pixels: int = Field(default=1280 * 28 * 28, ge=28 * 28,
+                            description="Upper bound of the resized pixel count; each 28x28 "
+                                        "block is one visual token.")
+    max_images_per_request: int = Field(default=8, ge=0,
+                                        description="More image parts than this -> 400.")
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024,
+                                 description="Encoded size limit of one image -> 413 above it.")
+    max_source_pixels: int = Field(default=64_000_000, ge=1,
+                                   description="Decompression-bomb guard: width x height of the "
+                                               "encoded image, checked before decoding.")
+    allowed_formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]] = Field(
+        default=["JPEG", "PNG", "WEBP", "GIF", "BMP"],
+        description="Pillow decoders that may run on request bytes.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ImageConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("image.min_pixels must not exceed image.max_pixels")
+        return self
+
+
+class FetchConfig(StrictModel):
+    """How http(s) image URLs are fetched (SSRF guard included)."""
+
+    enabled: bool = Field(default=True, description="Allow http(s) image URLs at all.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout.")
+    read_timeout_s: float = Field(default=10.0, gt=0, description="Timeout between reads.")
+    total_timeout_s: float = Field(default=30.0, gt=0, description="Deadline for the whole fetch.")
+    max_redirects: int = Field(default=3, ge=0, description="Redirects followed, each re-checked.")
+    allowed_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Networks exempt from the SSRF block (e.g. 127.0.0.1/32 for a test server). "
+                    "Empty: only public addresses are fetched.")
+    user_agent: str = Field(default="qvq-serving/0.1", description="User-Agent header sent.")
+
+    @model_validator(mode="after")
+    def _cidrs(self) -> FetchConfig:
+        for cidr in self.allowed_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"fetch.allowed_cidrs: {cidr!r} is not a network: {exc}") from exc
+        return self
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling of one deployment."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(default=1, ge=1, description="Upper bound under load.")
+    target_ongoing_requests: float = Field(default=2.0, gt=0,
+                                           description="Requests per replica the autoscaler aims at.")
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="Load must persist this long "
+                                                                    "before adding replicas.")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="Idle this long before "
+                                                                       "removing replicas.")
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": max(self.min_replicas, 1),
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
+
+
+class DeploymentConfig(StrictModel):
+    """Resources and scaling of one Ray Serve deployment."""
+
+    num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per replica (fractional ok).")
+    memory_gib: float | None = Field(default=None, gt=0, description="Ray memory per replica.")
+    max_ongoing_requests: int = Field(default=64, ge=1,
+                                      description="Concurrent requests one replica accepts.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig,
+                                           description="Replica bounds and autoscaling policy.")
+
+
+class GeneratorDeploymentConfig(DeploymentConfig):
+    """The GPU (or local CPU) generator deployment."""
+
+    num_gpus_per_worker: float = Field(default=1.0, ge=0,
+                                       description="GPUs of each tensor-parallel worker bundle "
+                                                   "(0 on the CPU backend).")
+    accelerator_type: str | None = Field(default=None,
+                                         description="Ray accelerator type, e.g. H100.")
+
+
+class DeploymentsConfig(StrictModel):
+    router: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_cpus=0.5, max_ongoing_requests=512),
+        description="HTTP ingress/router replicas.")
+    preprocessor: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(num_cpus=1.0, max_ongoing_requests=16),
+        description="CPU image preprocessing replicas.")
+    generator: GeneratorDeploymentConfig = Field(
+        default_factory=lambda: GeneratorDeploymentConfig(max_ongoing_requests=256),
+        description="vLLM generator replicas (one engine each).")
+
+
+class ApiKeyHash(StrictModel):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                    description="Key id carried through the pipeline (quotas, ownership, logs).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+                        description="Hex SHA-256 of the key (`qvq auth hash-key`).")
+
+
+class AuthConfig(StrictModel):
+    """API keys: stored as hashes; raw keys only come from the environment or a secret file."""
+
+    api_keys: list[ApiKeyHash] = Field(default_factory=list,
+                                       description="Accepted keys as (id, sha256) pairs.")
+    api_keys_env: str | None = Field(default="QVQ_API_KEYS",
+                                     description="Env var with raw keys, comma separated, each "
+                                                 "`key` or `id:key`.")
+    api_keys_file: str | None = Field(default=None,
+                                      description="Secret file with raw keys, one per line, "
+                                                  "`key` or `id:key`; # comments allowed.")
+
+    def resolve_keys(self, environ: Mapping[str, str] | None = None) -> list[ApiKeyHash]:
+        """All accepted keys: configured hashes plus hashed raw keys from env and file."""
+        environ = os.environ if environ is None else environ
+        entries: list[str] = []
+        if self.api_keys_env and environ.get(self.api_keys_env):
+            entries += [e.strip() for e in environ[self.api_keys_env].split(",")]
+        if self.api_keys_file:
+            try:
+                text = pathlib.Path(self.api_keys_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"auth.api_keys_file: cannot read {self.api_keys_file}: "
+                                  f"{exc.strerror}") from exc
+            entries += [ln.strip() for ln in text.splitlines()
+                        if ln.strip() and not ln.lstrip().startswith("#")]
+        keys = list(self.api_keys)
+        for entry in entries:
+            if not entry:
+                continue
+            key_id, sep, raw = entry.partition(":")
+            if not sep:
+                raw = entry
+            digest = hash_api_key(raw)
+            keys.append(ApiKeyHash(id=key_id if sep else f"key-{digest[:8]}", sha256=digest))
+        return keys
+
+
+class ServerConfig(StrictModel):
+    host: str = Field(default="127.0.0.1", description="HTTP bind address of Serve's proxy.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    request_timeout_s: float = Field(default=900.0, gt=0,
+                                     description="End-to-end timeout of one request.")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(default=None,
+                                description="Existing cluster to join (None: start local Ray).")
+    num_cpus: int | None = Field(default=None, ge=1,
+                                 description="Logical CPUs of a local Ray (None: all cores).")
+    object_store_memory_mib: int | None = Field(default=None, ge=75,
+                                                description="Object store of a local Ray.")
+
+
+class ServingConfig(StrictModel):
+    """Root configuration: one model, its deployments, limits and callers."""
+
+    app_name: str = Field(default="qvq", description="Ray Serve application name.")
+    model: ModelConfig = Field(description="The model and vLLM engine options.")
+    image: ImageConfig = Field(default_factory=ImageConfig, description="Image limits/geometry.")
+    fetch: FetchConfig = Field(default_factory=FetchConfig, description="http(s) image fetching.")
+    deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig,
+                                           description="Per-deployment resources and scaling.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Who may call.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Local Ray or cluster address.")
+    data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
+
+    @model_validator(mode="after")
+    def _fits(self) -> ServingConfig:
+        one_image_tokens = self.image.min_pixels // (28 * 28)
+        if one_image_tokens >= self.model.max_model_len:
+            raise ValueError("one image at image.min_pixels does not fit model.max_model_len")
+        return self
+
+
+def hash_api_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {part} is set both as a value and as a section")
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "dict",
+                     environ: Mapping[str, str] | None = None) -> ServingConfig:
+    """Validate a mapping (plus env overrides) into a config; ConfigError lists each problem."""
+    merged = _merge(dict(data), _env_overrides(os.environ if environ is None else environ))
+    try:
+        return ServingConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike[str], *,
+                environ: Mapping[str, str] | None = None) -> ServingConfig:
+    p = pathlib.Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {p} must be a mapping at the top level")
+    return config_from_dict(data, source=str(p), environ=environ)

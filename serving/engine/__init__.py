@@ -1,0 +1,1 @@
+"""Generation engines behind one small protocol (real vLLM in production and tests)."""

@@ -1,0 +1,49 @@
+"""The engine protocol the generator depends on.
+
+The generator never touches vLLM directly: it renders a prompt, builds :class:`SamplingOptions`
+and iterates :class:`EngineStep` items. This keeps vLLM version churn in one module and lets unit
+tests of generator logic run without an engine (integration tests always use real vLLM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from serving.protocol import PreparedImage
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStep:
+    """New text since the previous step, with running token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class Engine(Protocol):
+    async def generate(self, prompt_token_ids: list[int], images: Sequence[PreparedImage],
+                       options: SamplingOptions, request_id: str,
+                       priority: int = 0) -> AsyncIterator[EngineStep]:
+        """Stream steps; raises InvalidRequestError for requests the engine rejects."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise when the engine cannot serve (dead core process, crashed workers)."""
+        ...
+
+    def shutdown(self) -> None: ...

@@ -1,0 +1,108 @@
+"""vLLM AsyncLLM behind the engine protocol.
+
+One engine per generator replica. With ``tensor_parallel_size > 1`` vLLM runs its workers as
+Ray actors inside the replica's placement group (STRICT_PACK bundles reserved by Serve), so a
+replica's GPUs are always on one node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+
+from PIL import Image
+
+from serving.config import ServingConfig
+from serving.engine.protocol import EngineStep, SamplingOptions
+from serving.errors import InvalidRequestError, ServiceUnavailableError
+from serving.protocol import PreparedImage
+
+logger = logging.getLogger("qvq.engine")
+
+
+def engine_env(config: ServingConfig) -> dict[str, str]:
+    """Environment the engine process needs: caches inside the data dir, CPU KV cache size."""
+    data = os.path.abspath(config.data_dir)
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(config.model.cpu_kv_cache_gib),
+        "VLLM_CACHE_ROOT": os.path.join(data, "cache", "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(data, "cache", "inductor"),
+        "HF_HOME": os.path.join(data, "cache", "hf"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+class VLLMEngine:
+    def __init__(self, config: ServingConfig):
+        for key, value in engine_env(config).items():
+            os.environ.setdefault(key, value)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        model = config.model
+        args = AsyncEngineArgs(
+            model=model.path,
+            served_model_name=[model.served_name],
+            dtype=model.dtype,
+            max_model_len=model.max_model_len,
+            max_num_seqs=model.max_num_seqs,
+            max_num_batched_tokens=model.max_num_batched_tokens,
+            tensor_parallel_size=model.tensor_parallel_size,
+            distributed_executor_backend="ray" if model.tensor_parallel_size > 1 else None,
+            gpu_memory_utilization=model.gpu_memory_utilization,
+            enforce_eager=model.enforce_eager,
+            enable_prefix_caching=model.enable_prefix_caching,
+            seed=model.seed,
+            limit_mm_per_prompt={"image": max(config.image.max_images_per_request, 1),
+                                 "video": 0},
+            # Images arrive already on the grid; the same bounds make vLLM's own resize a no-op.
+            mm_processor_kwargs={"min_pixels": config.image.min_pixels,
+                                 "max_pixels": config.image.max_pixels},
+            disable_log_stats=False,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+
+    async def generate(self, prompt_token_ids: list[int], images: Sequence[PreparedImage],
+                       options: SamplingOptions, request_id: str,
+                       priority: int = 0) -> AsyncIterator[EngineStep]:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        params = SamplingParams(
+            max_tokens=options.max_tokens,
+            temperature=1.0 if options.temperature is None else options.temperature,
+            top_p=1.0 if options.top_p is None else options.top_p,
+            stop=list(options.stop) or None,
+            seed=options.seed,
+            presence_penalty=options.presence_penalty or 0.0,
+            frequency_penalty=options.frequency_penalty or 0.0,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        engine_prompt: dict = {"prompt_token_ids": prompt_token_ids}
+        if images:
+            engine_prompt["multi_modal_data"] = {
+                "image": [Image.fromarray(img.pixels, mode="RGB") for img in images]}
+        completion_tokens = 0
+        try:
+            async for out in self._engine.generate(engine_prompt, params, request_id,
+                                                   priority=priority):
+                step = out.outputs[0]
+                completion_tokens += len(step.token_ids)
+                yield EngineStep(text=step.text, prompt_tokens=len(out.prompt_token_ids or ()),
+                                 completion_tokens=completion_tokens,
+                                 finish_reason=step.finish_reason if out.finished else None)
+        except ValueError as exc:  # vLLM's input validation: message is about the request
+            raise InvalidRequestError(str(exc)) from None
+        except (EngineDeadError, EngineGenerateError) as exc:
+            logger.error("engine failed on %s: %r", request_id, exc)
+            raise ServiceUnavailableError("The generation engine failed; retry shortly.",
+                                          code="engine_unavailable") from None
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()

@@ -1,0 +1,1 @@
+"""Image handling: sources, SSRF guard, safe decoding and the model grid."""

@@ -1,0 +1,181 @@
+"""Turning an ``image_url`` into encoded bytes: ``data:`` URLs and guarded http(s) fetches."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
+import pybase64
+
+from serving.config import FetchConfig
+from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
+from serving.images.ssrf import IPAddress, IPNetwork, blocked_reason, parse_host_address, \
+    parse_networks
+
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+def describe_size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def decode_data_url(url: str, *, max_bytes: int) -> bytes:
+    """Bytes of a ``data:image/...;base64,...`` URL; 400 on bad syntax, 413 over the limit."""
+    header, sep, payload = url.partition(",")
+    if not sep:
+        raise ImageError("data URL has no ',' separating the header from the data; expected "
+                         "data:image/<type>;base64,<data>")
+    params = header[len("data:"):].split(";")
+    media_type = params[0].strip().lower()
+    if media_type and not media_type.startswith("image/"):
+        raise ImageError(f"data URL media type {media_type!r} is not an image type; "
+                         "expected data:image/<type>;base64,<data>")
+    if "base64" in (p.strip().lower() for p in params[1:]):
+        payload = payload.strip()
+        if len(payload) * 3 // 4 > max_bytes + 3:
+            raise PayloadTooLargeError(f"image is larger than the {describe_size(max_bytes)} "
+                                       "limit; send a smaller or more compressed image")
+        try:
+            data = pybase64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("data URL is not valid base64; encode the image bytes with "
+                             "standard base64 (A-Z, a-z, 0-9, +, /, = padding)") from None
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"image is larger than the {describe_size(max_bytes)} limit; "
+                                   "send a smaller or more compressed image")
+    if not data:
+        raise ImageError("data URL holds no image bytes")
+    return data
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+class ImageFetcher:
+    """Fetches http(s) images with the SSRF guard, redirect re-checks and byte/time caps."""
+
+    def __init__(self, config: FetchConfig, *, max_bytes: int, resolver: Resolver | None = None):
+        self._config = config
+        self._max_bytes = max_bytes
+        self._allowed: Sequence[IPNetwork] = parse_networks(config.allowed_cidrs)
+        self._resolve = resolver or system_resolver
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                                  write=config.read_timeout_s, pool=config.connect_timeout_s),
+            follow_redirects=False, trust_env=False,
+            headers={"User-Agent": config.user_agent, "Accept": "image/*"},
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(self, url: str) -> bytes:
+        if not self._config.enabled:
+            raise BlockedURLError("http(s) image URLs are disabled on this server; send the "
+                                  "image as a data URL")
+        try:
+            async with asyncio.timeout(self._config.total_timeout_s):
+                return await self._follow(url)
+        except TimeoutError:
+            raise ImageFetchError(f"fetching the image URL took longer than "
+                                  f"{self._config.total_timeout_s:g}s") from None
+
+    async def _pinned_address(self, target: httpx.URL) -> IPAddress:
+        host = target.host
+        if not host:
+            raise ImageError("image URL has no host")
+        port = target.port or (443 if target.scheme == "https" else 80)
+        literal = parse_host_address(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                addresses = await self._resolve(host, port)
+            except (OSError, UnicodeError):
+                raise ImageFetchError(f"could not resolve image host {host!r}") from None
+            if not addresses:
+                raise ImageFetchError(f"image host {host!r} has no addresses")
+        for addr in addresses:
+            reason = blocked_reason(addr, self._allowed)
+            if reason:
+                raise BlockedURLError(f"image URL host {host!r} resolves to a {reason} address; "
+                                      "only public addresses may be fetched")
+        return addresses[0]
+
+    async def _follow(self, url: str) -> bytes:
+        for _hop in range(self._config.max_redirects + 1):
+            target = self._parse(url)
+            addr = await self._pinned_address(target)
+            pinned = target.copy_with(host=str(addr))
+            headers = {"Host": target.netloc.decode("ascii")}
+            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            try:
+                async with self._client.stream("GET", pinned, headers=headers,
+                                               extensions=extensions) as resp:
+                    if resp.status_code in _REDIRECTS and "location" in resp.headers:
+                        url = str(target.join(resp.headers["location"]))
+                        continue
+                    if resp.status_code != 200:
+                        raise ImageFetchError(f"image URL returned HTTP {resp.status_code}; "
+                                              "expected 200")
+                    return await self._read_capped(resp)
+            except httpx.TimeoutException:
+                raise ImageFetchError("timed out fetching the image URL") from None
+            except httpx.HTTPError as exc:
+                raise ImageFetchError(f"could not fetch the image URL: "
+                                      f"{type(exc).__name__}") from None
+        raise ImageFetchError(f"image URL redirected more than {self._config.max_redirects} "
+                              "times")
+
+    @staticmethod
+    def _parse(url: str) -> httpx.URL:
+        try:
+            target = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError):
+            raise ImageError("image URL is not a valid URL") from None
+        if target.scheme not in ("http", "https"):
+            raise BlockedURLError(f"image URL scheme {target.scheme!r} is not supported; use "
+                                  "https://, http:// or a data: URL")
+        if target.userinfo:
+            raise BlockedURLError("image URLs with credentials (user:pass@) are not accepted")
+        return target
+
+    async def _read_capped(self, resp: httpx.Response) -> bytes:
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_bytes:
+            raise PayloadTooLargeError(f"image at URL is {describe_size(int(declared))}, over the "
+                                       f"{describe_size(self._max_bytes)} limit")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in resp.aiter_bytes():
+            total += len(chunk)
+            if total > self._max_bytes:
+                raise PayloadTooLargeError(f"image at URL is over the "
+                                           f"{describe_size(self._max_bytes)} limit")
+            chunks.append(chunk)
+        if not total:
+            raise ImageError("image URL returned no bytes")
+        return b"".join(chunks)
+
+
+def classify_url(url: str) -> str:
+    """'data', 'http' or raise: the only image sources this server reads."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "data":
+        return "data"
+    if scheme in ("http", "https"):
+        return "http"
+    raise BlockedURLError(f"image URL scheme {scheme + ':' if scheme else '(none)'} is not "
+                          "supported; use a data: URL, https:// or http://")

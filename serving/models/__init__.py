@@ -1,0 +1,1 @@
+"""Model checkpoints built or located by qvq-serving."""

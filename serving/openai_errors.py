@@ -1,0 +1,87 @@
+"""The one place exceptions become OpenAI-style HTTP error responses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.errors import APIError, InvalidRequestError, NotFoundError, QVQError, to_api_error
+
+logger = logging.getLogger("qvq.errors")
+
+
+def _loc_to_param(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(
+                ("function-", "tagged-union", "union[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def validation_to_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
+    """Turn the first schema problem into a 400 that names the field and what to fix."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequestError("request body does not match the schema")
+    err = errors[0]
+    # Drop union/discriminator tags pydantic puts in the path (e.g. 'user', 'text').
+    loc = tuple(p for p in err.get("loc", ()) if p not in ("body",))
+    clean: list = []
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and i > 0 and isinstance(loc[i - 1], int) and part in (
+                "system", "user", "assistant", "text", "image_url", "str", "list[...]"):
+            continue
+        if part in ("str", "list[tagged-union[TextPart,ImagePart]]", "list[TextPart]"):
+            continue
+        clean.append(part)
+    param = _loc_to_param(tuple(clean)) or None
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return InvalidRequestError(f"request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}")
+    if kind == "extra_forbidden":
+        return InvalidRequestError(f"unknown parameter {param!r}; remove it", param=param)
+    if kind == "missing":
+        return InvalidRequestError(f"missing required parameter {param!r}", param=param)
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    where = f"{param}: " if param else ""
+    return InvalidRequestError(f"invalid request: {where}{msg}", param=param)
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    if isinstance(exc, ValidationError | RequestValidationError):
+        api_exc: QVQError = validation_to_error(exc)
+    else:
+        api_exc = to_api_error(exc)
+    if not isinstance(api_exc, APIError):
+        logger.exception("unhandled error", exc_info=exc)
+    headers = {"Retry-After": "5"} if api_exc.status_code == 503 else None
+    return JSONResponse(api_exc.to_openai(), status_code=api_exc.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_any(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    async def on_http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFoundError(f"no such route: {_request.url.path}"))
+        if exc.status_code == 405:
+            err = InvalidRequestError(f"method {_request.method} is not allowed on "
+                                      f"{_request.url.path}", code="method_not_allowed")
+            return JSONResponse(err.to_openai(), status_code=405)
+        err = InvalidRequestError(str(exc.detail))
+        return JSONResponse(err.to_openai(), status_code=exc.status_code)
+
+    app.add_exception_handler(RequestValidationError, on_any)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_any)

@@ -1,0 +1,293 @@
+"""OpenAI chat-completions wire models (the subset QVQ serves) and the internal request types.
+
+Requests reject unknown fields so a misspelt parameter is a 400 naming it rather than a silent
+default. Content parts are text and image_url only; anything else is a 400 naming the part.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SUPPORTED_PART_TYPES = ("text", "image_url")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageURL(_Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _string_form(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
+
+
+def _check_part_type(value: Any) -> Any:
+    if isinstance(value, dict):
+        part_type = value.get("type")
+        if part_type not in SUPPORTED_PART_TYPES:
+            raise ValueError(f"unsupported content part type {part_type!r}; "
+                             f"supported: {', '.join(SUPPORTED_PART_TYPES)}")
+    return value
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class SystemMessage(_Strict):
+    role: Literal["system"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                _check_part_type(part)
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    raise ValueError("system messages may hold text parts only")
+        return value
+
+
+class UserMessage(_Strict):
+    role: Literal["user"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("content must not be an empty list")
+            for part in value:
+                _check_part_type(part)
+        return value
+
+
+class AssistantMessage(_Strict):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                _check_part_type(part)
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    raise ValueError("assistant messages may hold text parts only")
+        return value
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    user: str | None = None
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, msg in enumerate(value):
+                role = msg.get("role") if isinstance(msg, dict) else None
+                if role not in ("system", "user", "assistant"):
+                    raise ValueError(f"messages[{i}]: unsupported role {role!r}; "
+                                     "supported: system, user, assistant")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops
+
+    @model_validator(mode="after")
+    def _stream_options(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        if self.messages[-1].role == "assistant":
+            raise ValueError("the last message must be from the user or system")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def image_urls(self) -> list[str]:
+        return [part.image_url.url for msg in self.messages if isinstance(msg, UserMessage)
+                and isinstance(msg.content, list)
+                for part in msg.content if isinstance(part, ImagePart)]
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qvq-serving"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# --------------------------------------------------------------------------- internal types
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """An image already decoded, oriented, converted to RGB and resized to the model's grid.
+
+    ``pixels`` is an HxWx3 uint8 array: Ray ships it through the object store without base64
+    and without a copy on the receiving side.
+    """
+
+    pixels: np.ndarray
+    source_width: int
+    source_height: int
+    source_format: str
+    sha256: str
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What the router hands the generator: validated chat plus who asked."""
+
+    request_id: str
+    chat: ChatCompletionRequest
+    key_id: str | None = None
+    created: int = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationEvent:
+    """One step of a generation stream, generator -> router.
+
+    The first event of every stream is ``kind="accepted"`` with the prompt token count (the
+    request passed validation and entered the engine); then ``"delta"`` events; the last one
+    carries ``finish_reason`` and the final counts.
+    """
+
+    kind: Literal["accepted", "delta", "final"]
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
