@@ -1,0 +1,39 @@
+import pytest
+from pydantic import ValidationError
+
+from serving.protocol import ChatCompletionRequest
+
+
+def parse(**kwargs):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **kwargs}
+    return ChatCompletionRequest.model_validate(body)
+
+
+def test_image_url_string_and_object_forms():
+    req = parse(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": "data:image/png;base64,AA"},
+        {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}},
+        {"type": "text", "text": "compare"}]}])
+    assert req.image_urls() == ["data:image/png;base64,AA", "https://x/y.png"]
+
+
+def test_max_completion_tokens_wins():
+    assert parse(max_tokens=5, max_completion_tokens=9).requested_max_tokens == 9
+    assert parse(max_tokens=5).requested_max_tokens == 5
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"n": 2}, {"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]}, {"top_p": 0},
+    {"stream_options": {"include_usage": True}},
+    {"messages": []},
+    {"messages": [{"role": "user", "content": []}]},
+    {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": "x"}]}]},
+    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+])
+def test_rejected(kwargs):
+    with pytest.raises(ValidationError):
+        parse(**kwargs)
+
+
+def test_stop_normalised_to_list():
+    assert parse(stop="###").stop == ["###"]

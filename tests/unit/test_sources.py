@@ -1,0 +1,139 @@
+import asyncio
+import http.server
+import ipaddress
+import threading
+import time
+
+import pytest
+
+from serving.config import FetchConfig
+from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
+from serving.images.sources import ImageFetcher, classify_url, decode_data_url
+from tests.images import data_url, encode, photo
+
+PNG = encode(photo(64, 48), "PNG")
+
+
+def test_data_url_roundtrip():
+    assert decode_data_url(data_url(PNG), max_bytes=10**6) == PNG
+
+
+@pytest.mark.parametrize("url,match", [
+    ("data:image/png;base64", "no ','"),
+    ("data:text/plain;base64,aGVsbG8=", "not an image type"),
+    ("data:image/png;base64,@@@notbase64@@@", "not valid base64"),
+    ("data:image/png;base64,", "no image bytes"),
+])
+def test_bad_data_urls(url, match):
+    with pytest.raises(ImageError, match=match):
+        decode_data_url(url, max_bytes=10**6)
+
+
+def test_data_url_over_limit_is_413_without_decoding():
+    with pytest.raises(PayloadTooLargeError, match="limit"):
+        decode_data_url(data_url(b"x" * 5000), max_bytes=2048)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.png", "gopher://x",
+                                 "/relative.png", "s3://bucket/key"])
+def test_other_schemes_rejected(url):
+    with pytest.raises(BlockedURLError, match="not supported"):
+        classify_url(url)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        port = self.server.server_address[1]
+        routes = {
+            "/img.png": (200, PNG, {}),
+            "/missing.png": (404, b"nope", {}),
+            "/big.png": (200, b"x" * 300_000, {}),
+            "/redirect": (302, b"", {"Location": "/img.png"}),
+            "/redirect-loop": (302, b"", {"Location": "/redirect-loop"}),
+            "/redirect-out": (302, b"", {"Location": f"http://127.0.0.2:{port}/img.png"}),
+        }
+        if self.path == "/slow":
+            time.sleep(3)
+        status, body, headers = routes.get(self.path, (200, PNG, {}))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def local_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def fetch(url, **cfg):
+    async def run():
+        config = FetchConfig(**{"allowed_cidrs": ["127.0.0.1/32"], "read_timeout_s": 1.0,
+                                "total_timeout_s": 5.0, **cfg})
+        fetcher = ImageFetcher(config, max_bytes=cfg.pop("max_bytes", 100_000))
+        try:
+            return await fetcher.fetch(url)
+        finally:
+            await fetcher.aclose()
+    return asyncio.run(run())
+
+
+def test_fetch_from_allowed_local_server(local_server):
+    assert fetch(f"{local_server}/img.png") == PNG
+
+
+def test_redirect_followed_and_rechecked(local_server):
+    assert fetch(f"{local_server}/redirect") == PNG
+    with pytest.raises(BlockedURLError, match="loopback"):
+        fetch(f"{local_server}/redirect-out")  # 127.0.0.2 is outside the allowlist
+    with pytest.raises(ImageFetchError, match="redirected more than"):
+        fetch(f"{local_server}/redirect-loop")
+
+
+def test_http_error_status(local_server):
+    with pytest.raises(ImageFetchError, match="HTTP 404"):
+        fetch(f"{local_server}/missing.png")
+
+
+def test_byte_cap(local_server):
+    with pytest.raises(PayloadTooLargeError):
+        fetch(f"{local_server}/big.png")
+
+
+def test_read_timeout(local_server):
+    with pytest.raises(ImageFetchError, match="timed out|longer than"):
+        fetch(f"{local_server}/slow")
+
+
+def test_loopback_blocked_without_allowlist(local_server):
+    with pytest.raises(BlockedURLError, match="loopback"):
+        fetch(f"{local_server}/img.png", allowed_cidrs=[])
+
+
+def test_resolved_private_address_blocked_before_connecting():
+    """A name that resolves to a private address is refused; the fake resolver means no DNS
+    and the guard means no connection is attempted."""
+    async def run():
+        async def resolver(host, port):
+            return [ipaddress.ip_address("10.0.0.7")]
+        fetcher = ImageFetcher(FetchConfig(), max_bytes=1000, resolver=resolver)
+        try:
+            await fetcher.fetch("https://images.example.test/cat.png")
+        finally:
+            await fetcher.aclose()
+    with pytest.raises(BlockedURLError, match="private"):
+        asyncio.run(run())
+
+
+def test_credentials_in_url_rejected():
+    with pytest.raises(BlockedURLError, match="credentials"):
+        fetch("http://user:pw@127.0.0.1:1/x.png")
