@@ -1,17 +1,13 @@
 import asyncio
-import http.server
 import ipaddress
-import threading
-import time
 
 import pytest
 
 from serving.config import FetchConfig
 from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
 from serving.images.sources import ImageFetcher, classify_url, decode_data_url
-from tests.images import data_url, encode, photo
-
-PNG = encode(photo(64, 48), "PNG")
+from tests.image_server import PNG, image_server
+from tests.images import data_url
 
 
 def test_data_url_roundtrip():
@@ -41,38 +37,10 @@ def test_other_schemes_rejected(url):
         classify_url(url)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):  # noqa: N802
-        port = self.server.server_address[1]
-        routes = {
-            "/img.png": (200, PNG, {}),
-            "/missing.png": (404, b"nope", {}),
-            "/big.png": (200, b"x" * 300_000, {}),
-            "/redirect": (302, b"", {"Location": "/img.png"}),
-            "/redirect-loop": (302, b"", {"Location": "/redirect-loop"}),
-            "/redirect-out": (302, b"", {"Location": f"http://127.0.0.2:{port}/img.png"}),
-        }
-        if self.path == "/slow":
-            time.sleep(3)
-        status, body, headers = routes.get(self.path, (200, PNG, {}))
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def local_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with image_server() as url:
+        yield url
 
 
 def fetch(url, **cfg):
@@ -106,7 +74,7 @@ def test_http_error_status(local_server):
 
 def test_byte_cap(local_server):
     with pytest.raises(PayloadTooLargeError):
-        fetch(f"{local_server}/big.png")
+        fetch(f"{local_server}/big.bin")
 
 
 def test_read_timeout(local_server):
