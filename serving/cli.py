@@ -65,8 +65,9 @@ def _build_tiny(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     for path in args.files:
         config = load_config(path)
-        print(f"{path}: ok (model {config.model.served_name}, "
-              f"tp={config.model.tensor_parallel_size}, max_model_len={config.model.max_model_len})")
+        model = config.model
+        print(f"{path}: ok (model {model.served_name}, tp={model.tensor_parallel_size}, "
+              f"max_model_len={model.max_model_len})")
     return 0
 
 
@@ -82,7 +83,8 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qvq", description="Serve QVQ-72B-Preview on Ray Serve.")
+    parser = argparse.ArgumentParser(prog="qvq",
+                                     description="Serve QVQ-72B-Preview on Ray Serve.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="start local Ray (or join ray.address) and the app")

@@ -134,8 +134,8 @@ class AutoscalingConfig(StrictModel):
 
     min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
     max_replicas: int = Field(default=1, ge=1, description="Upper bound under load.")
-    target_ongoing_requests: float = Field(default=2.0, gt=0,
-                                           description="Requests per replica the autoscaler aims at.")
+    target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Requests per replica the autoscaler aims at.")
     upscale_delay_s: float = Field(default=30.0, ge=0, description="Load must persist this long "
                                                                     "before adding replicas.")
     downscale_delay_s: float = Field(default=600.0, ge=0, description="Idle this long before "

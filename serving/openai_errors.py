@@ -15,17 +15,25 @@ from serving.errors import APIError, InvalidRequestError, NotFoundError, QVQErro
 logger = logging.getLogger("qvq.errors")
 
 
-def _loc_to_param(loc: tuple) -> str:
+# Names pydantic inserts into error locations for unions and tagged unions; not request fields.
+_UNION_TAGS = {"system", "user", "assistant", "text", "image_url", "str",
+               "list[tagged-union[TextPart,ImagePart]]", "list[TextPart]"}
+
+
+def _param_path(loc: tuple) -> str | None:
+    """``('messages', 0, 'user', 'content', 1, 'type')`` -> ``messages[0].content[1].type``."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if part == "body" and i == 0:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(
-                ("function-", "tagged-union", "union[")):
+        elif part in _UNION_TAGS and (i == 0 or not isinstance(loc[i - 1], str)
+                                      or loc[i - 1] in ("content",)):
             continue
         else:
             out += ("." if out else "") + str(part)
-    return out
+    return out or None
 
 
 def validation_to_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
@@ -34,20 +42,11 @@ def validation_to_error(exc: ValidationError | RequestValidationError) -> Invali
     if not errors:
         return InvalidRequestError("request body does not match the schema")
     err = errors[0]
-    # Drop union/discriminator tags pydantic puts in the path (e.g. 'user', 'text').
-    loc = tuple(p for p in err.get("loc", ()) if p not in ("body",))
-    clean: list = []
-    for i, part in enumerate(loc):
-        if isinstance(part, str) and i > 0 and isinstance(loc[i - 1], int) and part in (
-                "system", "user", "assistant", "text", "image_url", "str", "list[...]"):
-            continue
-        if part in ("str", "list[tagged-union[TextPart,ImagePart]]", "list[TextPart]"):
-            continue
-        clean.append(part)
-    param = _loc_to_param(tuple(clean)) or None
+    param = _param_path(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     if kind == "json_invalid":
-        return InvalidRequestError(f"request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}")
+        detail = err.get("ctx", {}).get("error", err["msg"])
+        return InvalidRequestError(f"request body is not valid JSON: {detail}")
     if kind == "extra_forbidden":
         return InvalidRequestError(f"unknown parameter {param!r}; remove it", param=param)
     if kind == "missing":

@@ -161,6 +161,30 @@ class ChatCompletionRequest(_Strict):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def without_image_data(self) -> ChatCompletionRequest:
+        """A copy whose image URLs are replaced by ``image:<n>`` placeholders.
+
+        The generator only needs to know where images sit in the conversation (it receives the
+        pixels separately), so multi-megabyte data URLs are not shipped to it a second time.
+        """
+        count = 0
+
+        def strip(msg: Message) -> Message:
+            nonlocal count
+            if not isinstance(msg, UserMessage) or isinstance(msg.content, str):
+                return msg
+            parts: list[TextPart | ImagePart] = []
+            for part in msg.content:
+                if isinstance(part, ImagePart):
+                    part = ImagePart(type="image_url",
+                                     image_url=ImageURL(url=f"image:{count}",
+                                                        detail=part.image_url.detail))
+                    count += 1
+                parts.append(part)
+            return msg.model_copy(update={"content": parts})
+
+        return self.model_copy(update={"messages": [strip(m) for m in self.messages]})
+
     def image_urls(self) -> list[str]:
         return [part.image_url.url for msg in self.messages if isinstance(msg, UserMessage)
                 and isinstance(msg.content, list)

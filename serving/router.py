@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,7 +101,9 @@ class ChatFrontend:
 
     def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str):
         urls = self._validate(chat)
-        request = GenerationRequest(request_id=new_completion_id(), chat=chat, key_id=key_id)
+        request = GenerationRequest(request_id=new_completion_id(),
+                                    chat=chat.without_image_data() if urls else chat,
+                                    key_id=key_id)
         images: Any = self._pre.prepare.remote(urls) if urls else []
         gen = self._gen
         if method == "stream":
@@ -210,8 +211,7 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
                 if chat.stream:
                     body = await self.frontend.open_stream(chat, key_id)
                     return StreamingResponse(body, media_type="text/event-stream",
-                                             headers={"Cache-Control": "no-cache",
-                                                      "X-Request-Id": "stream"})
+                                             headers={"Cache-Control": "no-cache"})
                 return _json(await self.frontend.complete(chat, key_id))
             except Exception as exc:  # noqa: BLE001 - the one error mapping
                 return error_response(exc)
@@ -247,6 +247,3 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         autoscaling_config=dep.autoscaling.to_serve(),
     )
 
-
-def request_id() -> str:
-    return uuid.uuid4().hex

@@ -5,19 +5,11 @@ from __future__ import annotations
 import base64
 import io
 
-import numpy as np
 from PIL import Image
 
+from loadtest.photos import photo
 
-def photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Smooth gradients plus noise: compresses like a photo, not like a flat test card."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(max(height // 64, 2), max(width // 64, 2), 3),
-                         dtype=np.uint8)
-    img = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
-    noise = rng.integers(-12, 13, size=(height, width, 3))
-    return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255)
-                           .astype(np.uint8))
+__all__ = ["photo", "encode", "data_url", "png_url"]
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

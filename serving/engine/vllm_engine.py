@@ -22,8 +22,12 @@ logger = logging.getLogger("qvq.engine")
 
 
 def engine_env(config: ServingConfig) -> dict[str, str]:
-    """Environment the engine process needs: caches inside the data dir, CPU KV cache size."""
-    data = os.path.abspath(config.data_dir)
+    """Environment the engine process needs: caches inside the data dir, CPU KV cache size.
+
+    A relative ``data_dir`` is resolved by each replica against its own working directory, so
+    the same config works on a laptop and in a cluster whose nodes have other paths.
+    """
+    data = config.data_dir
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(config.model.cpu_kv_cache_gib),
         "VLLM_CACHE_ROOT": os.path.join(data, "cache", "vllm"),

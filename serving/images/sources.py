@@ -14,8 +14,13 @@ import pybase64
 
 from serving.config import FetchConfig
 from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
-from serving.images.ssrf import IPAddress, IPNetwork, blocked_reason, parse_host_address, \
-    parse_networks
+from serving.images.ssrf import (
+    IPAddress,
+    IPNetwork,
+    blocked_reason,
+    parse_host_address,
+    parse_networks,
+)
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 

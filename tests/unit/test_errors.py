@@ -75,7 +75,8 @@ def test_validation_messages_name_the_field():
     assert err.param == "max_tokens"
     err = _first_error('{"messages": [{"role": "user", "content": "hi"}]}')
     assert err.param == "model" and "missing" in err.message
-    err = _first_error('{"model": "m", "messages": [{"role": "user", "content": "hi"}], "tempreature": 1}')
+    err = _first_error('{"model": "m", "messages": [{"role": "user", "content": "hi"}], '
+                       '"tempreature": 1}')
     assert err.param == "tempreature" and "unknown parameter" in err.message
     err = _first_error('{"model": "m", "messages": [')
     assert "not valid JSON" in err.message

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
@@ -5,8 +6,6 @@ from serving.config import ModelConfig
 from serving.errors import ContextLengthError
 from serving.prompt import PromptBuilder, to_template_messages
 from serving.protocol import ChatCompletionRequest, PreparedImage
-
-import numpy as np
 
 
 @pytest.fixture(scope="module")

@@ -37,3 +37,19 @@ def test_rejected(kwargs):
 
 def test_stop_normalised_to_list():
     assert parse(stop="###").stop == ["###"]
+
+
+def test_without_image_data_keeps_structure_drops_bytes():
+    big = "data:image/png;base64," + "A" * 100_000
+    req = parse(messages=[
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": [{"type": "text", "text": "a"},
+                                     {"type": "image_url", "image_url": {"url": big,
+                                                                         "detail": "low"}},
+                                     {"type": "image_url", "image_url": "https://x/y.png"}]}])
+    stripped = req.without_image_data()
+    assert stripped.image_urls() == ["image:0", "image:1"]
+    assert stripped.messages[1].content[1].image_url.detail == "low"
+    assert stripped.messages[1].content[0].text == "a"
+    assert len(stripped.model_dump_json()) < 1000
+    assert req.image_urls()[0] == big  # the original is untouched

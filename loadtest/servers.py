@@ -1,0 +1,128 @@
+"""Start and stop the servers a benchmark compares, and account their CPU time."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ManagedServer:
+    """A server in its own process group; CPU time is summed over its whole process tree."""
+
+    def __init__(self, name: str, argv: list[str], port: int, model_id: str, log: pathlib.Path,
+                 env: dict[str, str] | None = None):
+        self.name, self.argv, self.port, self.model_id, self.log_path = name, argv, port, \
+            model_id, log
+        self.env = {**os.environ, **(env or {})}
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_path: str, timeout_s: float = 600) -> float:
+        t0 = time.monotonic()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+            try:
+                if httpx.get(self.base + ready_path, timeout=5).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s}s; see {self.log_path}")
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+            self._log.close()
+            self.proc = None
+
+
+def ours(model_dir: pathlib.Path, work: pathlib.Path, base_config: pathlib.Path,
+         overrides: dict | None = None) -> ManagedServer:
+    config = yaml.safe_load(base_config.read_text())
+    port = free_port()
+    config["model"]["path"] = str(model_dir)
+    config["server"]["port"] = port
+    config["auth"] = {"api_keys_env": None}
+    for section, values in (overrides or {}).items():
+        config.setdefault(section, {}).update(values)
+    path = work / "ours-config.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return ManagedServer("ours", [sys.executable, "-m", "serving.cli", "serve", "--config",
+                                  str(path)], port, config["model"]["served_name"],
+                         work / "ours.log", env={"RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def bare_vllm(model_dir: pathlib.Path, work: pathlib.Path,
+              base_config: pathlib.Path) -> ManagedServer:
+    """vLLM's own OpenAI server with the same engine settings as our config."""
+    config = yaml.safe_load(base_config.read_text())
+    m, img = config["model"], config.get("image", {})
+    port = free_port()
+    argv = [sys.executable, "-m", "loadtest.vllm_server", "serve", str(model_dir),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--dtype", m.get("dtype", "bfloat16"), "--max-model-len", str(m["max_model_len"]),
+            "--max-num-seqs", str(m.get("max_num_seqs", 64)), "--seed", "0",
+            "--limit-mm-per-prompt",
+            json.dumps({"image": img.get("max_images_per_request", 8), "video": 0}),
+            "--mm-processor-kwargs", json.dumps({"min_pixels": img["min_pixels"],
+                                                 "max_pixels": img["max_pixels"]}),
+            "--disable-uvicorn-access-log"]
+    if m.get("enforce_eager"):
+        argv.append("--enforce-eager")
+    data = ROOT / ".qvq" / "cache"
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(m.get("cpu_kv_cache_gib", 1)),
+           "VLLM_CACHE_ROOT": str(data / "vllm"), "HF_HOME": str(data / "hf"),
+           "TORCHINDUCTOR_CACHE_DIR": str(data / "inductor"), "VLLM_NO_USAGE_STATS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    return ManagedServer("bare-vllm", argv, port, str(model_dir), work / "bare-vllm.log", env=env)

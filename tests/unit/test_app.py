@@ -1,0 +1,66 @@
+"""The app is built from config alone: deployments, resources, placement groups, autoscaling."""
+
+import pathlib
+
+import pytest
+from ray.serve import Application
+
+from serving.app import app_builder, build_app
+from serving.config import load_config
+from serving.generator import generator_deployment
+from serving.preprocessor import preprocessor_deployment
+from serving.router import router_deployment
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def qvq72b():
+    return load_config(ROOT / "configs" / "qvq-72b.yaml", environ={})
+
+
+def test_tensor_parallel_replica_gets_strict_pack_bundles(qvq72b):
+    dep = generator_deployment(qvq72b)
+    rc = dep._replica_config
+    assert rc.placement_group_strategy == "STRICT_PACK"
+    assert rc.placement_group_bundles == [{"CPU": 4.0}] + [{"GPU": 1.0, "CPU": 1}] * 4
+    assert rc.ray_actor_options["num_cpus"] == 4.0
+    assert "num_gpus" not in rc.ray_actor_options  # GPUs belong to the TP worker bundles
+    auto = dep._deployment_config.autoscaling_config
+    assert (auto.min_replicas, auto.max_replicas, auto.target_ongoing_requests) == (1, 4, 48)
+
+
+def test_single_device_replica_has_no_placement_group():
+    config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
+    rc = generator_deployment(config)._replica_config
+    assert rc.placement_group_bundles is None
+    assert rc.ray_actor_options["num_gpus"] == 0
+    assert rc.ray_actor_options["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_cpu_tiers_take_fractional_cpus_and_autoscale(qvq72b):
+    pre = preprocessor_deployment(qvq72b)
+    assert pre._replica_config.ray_actor_options["num_cpus"] == 2
+    assert pre._deployment_config.autoscaling_config.max_replicas == 32
+    router = router_deployment(qvq72b)
+    assert router._deployment_config.autoscaling_config.min_replicas == 2
+
+
+def test_build_app_and_serve_builder(tmp_path):
+    config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
+    assert isinstance(build_app(config), Application)
+    assert isinstance(app_builder({"config_path": str(ROOT / "configs" / "local-cpu.yaml")}),
+                      Application)
+    inline = config.model_dump(mode="json")
+    assert isinstance(app_builder(inline), Application)
+    with pytest.raises(ValueError, match="not both"):
+        app_builder({"config_path": "x.yaml", "model": {}})
+
+
+def test_serve_config_yaml_points_at_the_builder():
+    import yaml
+
+    serve_config = yaml.safe_load((ROOT / "configs" / "serve-local.yaml").read_text())
+    app = serve_config["applications"][0]
+    assert app["import_path"] == "serving.app:app_builder"
+    assert isinstance(app_builder(app["args"]), Application)
