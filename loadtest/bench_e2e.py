@@ -62,14 +62,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def bodies(scenario: Scenario, model: str, cache) -> list[dict]:
+def bodies(scenario: Scenario, model: str, cache, round_: int = 0) -> list[dict]:
+    """The same payloads for every server; each round uses fresh images, so neither side can
+    answer from an image cache filled by an earlier round."""
     out = []
     for i in range(scenario.requests):
         content: list[dict] = [{"type": "text", "text": "Describe what you see, step by step."}]
         if scenario.image_size:
             w, h = scenario.image_size
-            url = "data:image/jpeg;base64," + base64.b64encode(
-                photo_jpeg(w, h, seed=1000 + i, cache_dir=cache)).decode()
+            seed = 1000 + round_ * scenario.requests + i
+            jpeg = photo_jpeg(w, h, seed=seed, cache_dir=cache)
+            url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
             content.insert(0, {"type": "image_url", "image_url": {"url": url}})
         out.append({"model": model, "max_tokens": scenario.max_tokens, "temperature": 0.0,
                     "messages": [{"role": "system", "content": SYSTEM},
@@ -108,7 +111,7 @@ async def run_load(base: str, payloads: list[dict], concurrency: int):
 
 
 def measure(server: ManagedServer, scenarios: list[Scenario], concurrency: int, cache,
-            idle_window_s: float = 5.0) -> list[Result]:
+            rounds: int, idle_window_s: float = 5.0) -> list[Result]:
     results = []
     # Warm-up: first requests pay one-off costs (compilation of shapes, caches) on both sides.
     warm = Scenario("warmup", max(concurrency, 4), (640, 480))
@@ -119,11 +122,20 @@ def measure(server: ManagedServer, scenarios: list[Scenario], concurrency: int, 
     time.sleep(idle_window_s)
     idle_per_s = (server.cpu_seconds() - c0) / idle_window_s
     for sc in scenarios:
-        payloads = bodies(sc, server.model_id, cache)
-        c0 = server.cpu_seconds()
-        lat, errors, wall, tokens = asyncio.run(run_load(server.base, payloads, concurrency))
-        cpu = server.cpu_seconds() - c0
-        n = len(payloads)
+        lat: list[float] = []
+        errors = tokens = 0
+        wall = cpu = 0.0
+        for round_ in range(rounds):
+            payloads = bodies(sc, server.model_id, cache, round_)
+            c0 = server.cpu_seconds()
+            r_lat, r_errors, r_wall, r_tokens = asyncio.run(
+                run_load(server.base, payloads, concurrency))
+            cpu += server.cpu_seconds() - c0
+            lat += r_lat
+            errors += r_errors
+            wall += r_wall
+            tokens += r_tokens
+        n = sc.requests * rounds
         res = Result(server=server.name, scenario=sc.name, requests=n, errors=errors,
                      wall_s=round(wall, 3), req_per_s=round(n / wall, 3),
                      p50_ms=round(percentile(lat, 0.5) * 1000, 1),
@@ -165,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-requests", type=int, default=64)
     parser.add_argument("--photo-requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds per scenario, each with fresh images")
     parser.add_argument("--only", choices=["ours", "bare"], default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -183,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                  Scenario("photo-4000x3000", args.photo_requests, (4000, 3000), args.max_tokens)]
     print("preparing photos ...", flush=True)
     for sc in scenarios:
-        bodies(sc, "m", cache)
+        for round_ in range(args.rounds):
+            bodies(sc, "m", cache, round_)
     servers = {"ours": lambda: ours(model_dir, work, config),
                "bare": lambda: bare_vllm(model_dir, work, config)}
     results: list[Result] = []
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting {server.name} ...", flush=True)
         try:
             startup[server.name] = round(server.start("/v1/models"), 1)
-            results += measure(server, scenarios, args.concurrency, cache)
+            results += measure(server, scenarios, args.concurrency, cache, args.rounds)
         finally:
             server.stop()
     ratios = {}
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                     a.cpu_ms_per_req_net_of_idle - b.cpu_ms_per_req_net_of_idle, 2)}
     report = {"benchmark": "e2e", "timestamp": stamp, "machine": machine_facts(),
               "settings": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                           "rounds": args.rounds,
                            "config": str(config), "model": "tiny random-weight Qwen2-VL"},
               "startup_s": startup, "results": [asdict(r) for r in results], "ratios": ratios}
     out = (pathlib.Path(args.out) if args.out

@@ -164,3 +164,16 @@ def test_32_concurrent_requests_all_succeed(server, client):
     assert [r.status_code for r in results] == [200] * 32
     for r in results:
         assert_completion(r.json())
+
+
+def test_client_disconnect_mid_stream_leaves_server_healthy(client, server):
+    body = chat_body("Write a long story.", stream=True, max_tokens=1500)
+    with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        for _ in range(3):
+            next(lines)
+    # the connection is closed with generation still running; the engine aborts it
+    resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+    assert resp.status_code == 200
+    assert httpx.get(server["base"] + "/health", timeout=30).status_code == 200
