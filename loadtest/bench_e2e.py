@@ -50,6 +50,8 @@ class Result:
     cpu_ms_per_req: float
     idle_cpu_ms_per_s: float
     cpu_ms_per_req_net_of_idle: float
+    frontend_cpu_ms_per_req: float
+    frontend_cpu_ms_per_req_net_of_idle: float
     completion_tokens: int
 
 
@@ -118,19 +120,23 @@ def measure(server: ManagedServer, scenarios: list[Scenario], concurrency: int, 
     asyncio.run(run_load(server.base, bodies(warm, server.model_id, cache), concurrency))
     asyncio.run(run_load(server.base, bodies(Scenario("warmup-text", 4, None), server.model_id,
                                              cache), concurrency))
-    c0 = server.cpu_seconds()
+    (t0, e0) = server.cpu_seconds()
     time.sleep(idle_window_s)
-    idle_per_s = (server.cpu_seconds() - c0) / idle_window_s
+    (t1, e1) = server.cpu_seconds()
+    idle_per_s = (t1 - t0) / idle_window_s
+    idle_front_per_s = ((t1 - e1) - (t0 - e0)) / idle_window_s
     for sc in scenarios:
         lat: list[float] = []
         errors = tokens = 0
-        wall = cpu = 0.0
+        wall = cpu = front = 0.0
         for round_ in range(rounds):
             payloads = bodies(sc, server.model_id, cache, round_)
-            c0 = server.cpu_seconds()
+            (t0, e0) = server.cpu_seconds()
             r_lat, r_errors, r_wall, r_tokens = asyncio.run(
                 run_load(server.base, payloads, concurrency))
-            cpu += server.cpu_seconds() - c0
+            (t1, e1) = server.cpu_seconds()
+            cpu += t1 - t0
+            front += (t1 - e1) - (t0 - e0)
             lat += r_lat
             errors += r_errors
             wall += r_wall
@@ -143,11 +149,15 @@ def measure(server: ManagedServer, scenarios: list[Scenario], concurrency: int, 
                      cpu_ms_per_req=round(cpu / n * 1000, 2),
                      idle_cpu_ms_per_s=round(idle_per_s * 1000, 1),
                      cpu_ms_per_req_net_of_idle=round((cpu - idle_per_s * wall) / n * 1000, 2),
+                     frontend_cpu_ms_per_req=round(front / n * 1000, 2),
+                     frontend_cpu_ms_per_req_net_of_idle=round(
+                         (front - idle_front_per_s * wall) / n * 1000, 2),
                      completion_tokens=tokens)
         print(f"  {server.name:10s} {sc.name:16s} {res.req_per_s:7.2f} req/s  "
               f"p50 {res.p50_ms:8.1f} ms  p99 {res.p99_ms:8.1f} ms  "
-              f"cpu {res.cpu_ms_per_req:8.1f} ms/req (net {res.cpu_ms_per_req_net_of_idle:.1f})"
-              f"  errors {errors}", flush=True)
+              f"cpu {res.cpu_ms_per_req:7.1f} ms/req, outside engine "
+              f"{res.frontend_cpu_ms_per_req:6.1f} (net of idle "
+              f"{res.frontend_cpu_ms_per_req_net_of_idle:.1f})  errors {errors}", flush=True)
         results.append(res)
     return results
 
@@ -223,7 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                 "p50_ours_over_bare": round(a.p50_ms / b.p50_ms, 3),
                 "extra_cpu_ms_per_req": round(a.cpu_ms_per_req - b.cpu_ms_per_req, 2),
                 "extra_cpu_ms_per_req_net_of_idle": round(
-                    a.cpu_ms_per_req_net_of_idle - b.cpu_ms_per_req_net_of_idle, 2)}
+                    a.cpu_ms_per_req_net_of_idle - b.cpu_ms_per_req_net_of_idle, 2),
+                "extra_cpu_ms_per_req_outside_engine": round(
+                    a.frontend_cpu_ms_per_req - b.frontend_cpu_ms_per_req, 2),
+                "extra_cpu_ms_per_req_outside_engine_net_of_idle": round(
+                    a.frontend_cpu_ms_per_req_net_of_idle
+                    - b.frontend_cpu_ms_per_req_net_of_idle, 2)}
     report = {"benchmark": "e2e", "timestamp": stamp, "machine": machine_facts(),
               "settings": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
                            "rounds": args.rounds,

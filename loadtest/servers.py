@@ -52,21 +52,32 @@ class ManagedServer:
             time.sleep(1)
         raise RuntimeError(f"{self.name} not ready after {timeout_s}s; see {self.log_path}")
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(whole tree, vLLM engine processes) CPU seconds so far.
+
+        vLLM titles its engine-core and worker processes ``VLLM::…``. On the CPU backend their
+        OpenMP threads spin while waiting, so their CPU time follows wall time more than work;
+        the rest of the tree (HTTP servers, Ray, Serve, preprocessing) is what a serving layer
+        adds, and is reported separately.
+        """
         assert self.proc is not None
-        total = 0.0
+        total = engine = 0.0
         try:
             root = psutil.Process(self.proc.pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0.0
+            return 0.0, 0.0
         for p in procs:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
+                used = t.user + t.system
+                title = (p.cmdline() or [""])[0]
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        return total
+            total += used
+            if title.startswith("VLLM::"):
+                engine += used
+        return total, engine
 
     def stop(self) -> None:
         if self.proc is None:

@@ -33,6 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     init: dict = {"address": config.ray.address, "include_dashboard": False,
                   "log_to_driver": True}
     if config.ray.address is None:
+        # A local Ray is ours: its processes inherit this environment.
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if config.server.ingress == "haproxy" \
+            else "0"
         init["num_cpus"] = config.ray.num_cpus
         if config.ray.object_store_memory_mib:
             init["object_store_memory"] = config.ray.object_store_memory_mib * 2**20

@@ -241,6 +241,12 @@ class ServerConfig(StrictModel):
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
     request_timeout_s: float = Field(default=900.0, gt=0,
                                      description="End-to-end timeout of one request.")
+    ingress: Literal["haproxy", "python"] = Field(
+        default="haproxy",
+        description="HTTP ingress of a local Ray: Serve's HAProxy ingress (C load balancer "
+                    "straight to the router replicas; measured ~13 ms less CPU per request "
+                    "than the Python proxy here) or Serve's Python proxy. On a cluster "
+                    "(ray.address set) set RAY_SERVE_ENABLE_HA_PROXY on the nodes instead.")
 
 
 class RayConfig(StrictModel):
