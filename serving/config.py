@@ -90,7 +90,12 @@ class ImageConfig(StrictModel):
     max_images_per_request: int = Field(default=8, ge=0,
                                         description="More image parts than this -> 400.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024,
-                                 description="Encoded size limit of one image -> 413 above it.")
+                                 description="Encoded size limit of one image inline, fetched "
+                                             "or POSTed to /v1/images -> 413 above it.")
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1024,
+                                  description="Size limit of an image uploaded through a "
+                                              "presigned URL (large files), and of uploaded "
+                                              "images read back for a request.")
     max_source_pixels: int = Field(default=64_000_000, ge=1,
                                    description="Decompression-bomb guard: width x height of the "
                                                "encoded image, checked before decoding.")
@@ -236,6 +241,74 @@ class AuthConfig(StrictModel):
         return keys
 
 
+class LocalStoreConfig(StrictModel):
+    root: str = Field(default=".qvq/store", description="Directory holding the objects.")
+
+
+class S3Config(StrictModel):
+    """An S3-compatible endpoint (AWS S3, MinIO, SeaweedFS, Ceph RGW, ...)."""
+
+    endpoint_url: str | None = Field(default=None,
+                                     description="Endpoint URL (None: AWS S3 for the region).")
+    region: str = Field(default="us-east-1", description="Signing region.")
+    bucket: str = Field(min_length=3, max_length=63, description="Bucket for images, "
+                                                                  "files and batch state.")
+    path_style: bool = Field(default=True, description="Path-style addressing "
+                                                       "(endpoint/bucket/key), which "
+                                                       "self-hosted servers need.")
+    credentials_file: str | None = Field(
+        default=None, description="AWS shared-credentials file (a mounted secret); None uses "
+                                  "boto3's standard chain (env, profile, pod identity).")
+    profile: str = Field(default="default", description="Section of credentials_file to use.")
+    multipart_threshold_mib: int = Field(default=16, ge=5,
+                                         description="Objects above this upload in parts.")
+    multipart_chunk_mib: int = Field(default=16, ge=5, description="Multipart part size.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout.")
+    read_timeout_s: float = Field(default=30.0, gt=0, description="Read timeout.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per call (with backoff).")
+
+
+class StorageConfig(StrictModel):
+    """Where images (and later files and batch state) are stored, content-addressed."""
+
+    backend: Literal["local", "s3"] = Field(default="local",
+                                            description="Object-store backend.")
+    local: LocalStoreConfig = Field(default_factory=LocalStoreConfig,
+                                    description="Local-directory backend settings.")
+    s3: S3Config | None = Field(default=None, description="S3 backend settings.")
+    store_request_images: bool = Field(
+        default=True, description="Keep every request image (content-addressed, stored once) "
+                                  "so batch jobs and audits can replay requests.")
+    require_request_image_store: bool = Field(
+        default=False, description="Fail a request (503) when its images cannot be stored; "
+                                   "false: serve it anyway and log the store failure.")
+    allowed_source_buckets: list[str] = Field(
+        default_factory=list, description="Buckets that s3://bucket/key image URLs may read "
+                                          "(same endpoint and credentials as storage.s3).")
+    presign_expiry_s: int = Field(default=900, ge=60, le=7 * 86400,
+                                  description="Lifetime of presigned upload URLs.")
+
+    @model_validator(mode="after")
+    def _backend(self) -> StorageConfig:
+        if self.backend == "s3" and self.s3 is None:
+            raise ValueError("storage.backend is s3 but storage.s3 is not set")
+        if self.allowed_source_buckets and self.s3 is None:
+            raise ValueError("storage.allowed_source_buckets needs storage.s3 (endpoint and "
+                             "credentials to read them)")
+        return self
+
+
+class CacheConfig(StrictModel):
+    """Preprocessed-image cache: key = image SHA-256 + resize bounds."""
+
+    memory_mib: int = Field(default=512, ge=0, description="In-memory LRU per preprocessor "
+                                                             "replica, bounded by pixel bytes "
+                                                             "(0 disables it).")
+    store_tier: bool = Field(default=True, description="Also keep preprocessed pixels in the "
+                                                       "object store (preprocessed/...), so "
+                                                       "any replica skips the decode.")
+
+
 class ServerConfig(StrictModel):
     host: str = Field(default="127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
@@ -270,6 +343,10 @@ class ServingConfig(StrictModel):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Who may call.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Local Ray or cluster address.")
+    storage: StorageConfig = Field(default_factory=StorageConfig,
+                                   description="Object storage (images, files, batch state).")
+    cache: CacheConfig = Field(default_factory=CacheConfig,
+                               description="Preprocessed-image cache.")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
 
     @model_validator(mode="after")

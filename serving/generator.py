@@ -46,7 +46,8 @@ class QVQGenerator:
     async def stream(self, request: GenerationRequest,
                      images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
         rendered = self._prompts.render(request.chat, images)
-        yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens)
+        yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
+                              image_cache=tuple(i.cache for i in images))
         async for step in self._engine.generate(rendered.token_ids, images,
                                                 self._options(request, rendered),
                                                 request.request_id):
@@ -72,7 +73,8 @@ class QVQGenerator:
             raise RuntimeError("engine produced no output")
         return GenerationEvent("final", text="".join(parts), prompt_tokens=final.prompt_tokens,
                                completion_tokens=final.completion_tokens,
-                               finish_reason=final.finish_reason or "stop")
+                               finish_reason=final.finish_reason or "stop",
+                               image_cache=tuple(i.cache for i in images))
 
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is dead, so Serve replaces us."""

@@ -281,6 +281,7 @@ class PreparedImage:
     source_height: int
     source_format: str
     sha256: str
+    cache: Literal["miss", "memory", "store"] = "miss"  # where these pixels came from
 
     @property
     def width(self) -> int:
@@ -315,3 +316,4 @@ class GenerationEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    image_cache: tuple[str, ...] = ()  # per image: miss / memory / store

@@ -24,12 +24,14 @@ from serving.auth import ApiKeyAuthenticator
 from serving.config import ServingConfig
 from serving.errors import (
     ImageError,
+    InvalidRequestError,
     ModelNotFoundError,
+    PayloadTooLargeError,
     QVQError,
     ServiceUnavailableError,
     to_api_error,
 )
-from serving.images.sources import classify_url
+from serving.images.sources import check_image_url, describe_size
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
 from serving.protocol import (
     ChatCompletion,
@@ -65,10 +67,11 @@ class ChatFrontend:
 
     def __init__(self, config: ServingConfig, preprocessor: Any, generator: Any):
         self._config = config
-        self._pre = preprocessor
+        self.pre = preprocessor
         self._gen = generator
         self._auth = ApiKeyAuthenticator(config.auth.resolve_keys())
         self._model_ids = set(config.model.model_ids)
+        self.max_image_bytes = config.image.max_image_bytes
         self._created = now()
 
     def authenticate(self, request: Request) -> str | None:
@@ -96,7 +99,7 @@ class ChatFrontend:
             raise ImageError(f"request has {len(urls)} images; at most {limit} are allowed per "
                              "request", param="messages", code="too_many_images")
         for url in urls:
-            classify_url(url)
+            check_image_url(url, self._config.storage.allowed_source_buckets)
         return urls
 
     def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str):
@@ -104,23 +107,24 @@ class ChatFrontend:
         request = GenerationRequest(request_id=new_completion_id(),
                                     chat=chat.without_image_data() if urls else chat,
                                     key_id=key_id)
-        images: Any = self._pre.prepare.remote(urls) if urls else []
+        images: Any = self.pre.prepare.remote(urls) if urls else []
         gen = self._gen
         if method == "stream":
             gen = gen.options(stream=True)
         return request, getattr(gen, method).remote(request, images)
 
-    async def complete(self, chat: ChatCompletionRequest, key_id: str | None) -> ChatCompletion:
+    async def complete(self, chat: ChatCompletionRequest,
+                       key_id: str | None) -> tuple[ChatCompletion, GenerationEvent]:
         request, pending = self._dispatch(chat, key_id, "complete")
         final: GenerationEvent = await pending
         return ChatCompletion(
             id=request.request_id, created=request.created, model=chat.model,
             choices=[Choice(message=ResponseMessage(content=final.text),
                             finish_reason=final.finish_reason)],
-            usage=_usage(final))
+            usage=_usage(final)), final
 
     async def open_stream(self, chat: ChatCompletionRequest,
-                          key_id: str | None) -> AsyncIterator[bytes]:
+                          key_id: str | None) -> tuple[AsyncIterator[bytes], GenerationEvent]:
         """Start generation and wait for acceptance; errors before that raise (HTTP status)."""
         request, stream = self._dispatch(chat, key_id, "stream")
         try:
@@ -128,7 +132,7 @@ class ChatFrontend:
         except BaseException:
             stream.cancel()
             raise
-        return self._sse(request, chat, stream, accepted)
+        return self._sse(request, chat, stream, accepted), accepted
 
     async def _sse(self, request: GenerationRequest, chat: ChatCompletionRequest, stream: Any,
                    accepted: GenerationEvent) -> AsyncIterator[bytes]:
@@ -170,12 +174,78 @@ class ChatFrontend:
     async def health(self) -> dict[str, str]:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                await asyncio.gather(self._gen.probe.remote(), self._pre.ping.remote())
+                await asyncio.gather(self._gen.probe.remote(), self.pre.ping.remote())
         except Exception as exc:  # noqa: BLE001
             logger.warning("health probe failed: %r", exc)
             raise ServiceUnavailableError("engine or preprocessor is not healthy",
                                           code="unhealthy") from None
         return {"status": "ok"}
+
+
+def _image_headers(event: GenerationEvent) -> dict[str, str]:
+    """``x-qvq-image-cache: miss,memory``: per image, where its pixels came from."""
+    return {"x-qvq-image-cache": ",".join(event.image_cache)} if event.image_cache else {}
+
+
+UPLOAD_TYPES = ("image/", "application/octet-stream")
+
+
+async def read_image_upload(request: Request, max_bytes: int) -> bytes:
+    """Image bytes of a raw (image/*) or multipart (field ``file``) upload, capped while read."""
+    content_type = request.headers.get("content-type", "").lower()
+    multipart = content_type.startswith("multipart/form-data")
+    if not multipart and not content_type.startswith(UPLOAD_TYPES):
+        raise InvalidRequestError("send the image as the raw body with an image/* (or "
+                                  "application/octet-stream) Content-Type, or as multipart "
+                                  "form data with a 'file' field", param="content-type")
+    cap = max_bytes + (64 * 1024 if multipart else 0)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLargeError(f"upload is {describe_size(int(declared))}, over the "
+                                   f"{describe_size(max_bytes)} limit; use a presigned upload "
+                                   "(POST /v1/images/uploads) for large files")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise PayloadTooLargeError(f"upload is over the {describe_size(max_bytes)} limit; "
+                                       "use a presigned upload (POST /v1/images/uploads)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not multipart:
+        if not body:
+            raise ImageError("upload body is empty")
+        return body
+    request._body = body  # starlette parses the form from the cached body
+    try:
+        form = await request.form()
+    except Exception:  # noqa: BLE001 - malformed multipart from the client
+        raise InvalidRequestError("malformed multipart form data") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequestError("multipart upload needs a 'file' field holding the image",
+                                  param="file")
+    data = await upload.read()
+    if not data:
+        raise ImageError("uploaded file is empty")
+    return data
+
+
+async def upload_content_type(request: Request) -> str:
+    raw = await request.body()
+    if not raw:
+        return "application/octet-stream"
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InvalidRequestError("request body is not valid JSON") from None
+    if not isinstance(body, dict) or set(body) - {"content_type"}:
+        raise InvalidRequestError("body may only hold {\"content_type\": \"image/...\"}")
+    content_type = body.get("content_type", "application/octet-stream")
+    if not isinstance(content_type, str) or not content_type.startswith(UPLOAD_TYPES):
+        raise InvalidRequestError("content_type must be image/* or application/octet-stream",
+                                  param="content_type")
+    return content_type
 
 
 def _usage(final: GenerationEvent) -> Usage:
@@ -209,11 +279,49 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
                 key_id = self.frontend.authenticate(request)
                 chat = parse_chat_request(await request.body())
                 if chat.stream:
-                    body = await self.frontend.open_stream(chat, key_id)
+                    body, accepted = await self.frontend.open_stream(chat, key_id)
                     return StreamingResponse(body, media_type="text/event-stream",
-                                             headers={"Cache-Control": "no-cache"})
-                return _json(await self.frontend.complete(chat, key_id))
+                                             headers={"Cache-Control": "no-cache",
+                                                      **_image_headers(accepted)})
+                completion, final = await self.frontend.complete(chat, key_id)
+                response = _json(completion)
+                response.headers.update(_image_headers(final))
+                return response
             except Exception as exc:  # noqa: BLE001 - the one error mapping
+                return error_response(exc)
+
+        @api.post("/v1/images")
+        async def upload_image(self, request: Request) -> Response:
+            try:
+                self.frontend.authenticate(request)
+                data = await read_image_upload(request, self.frontend.max_image_bytes)
+                return JSONResponse(await self.frontend.pre.upload.remote(data))
+            except Exception as exc:  # noqa: BLE001
+                return error_response(exc)
+
+        @api.post("/v1/images/uploads")
+        async def create_image_upload(self, request: Request) -> Response:
+            try:
+                self.frontend.authenticate(request)
+                content_type = await upload_content_type(request)
+                return JSONResponse(await self.frontend.pre.create_upload.remote(content_type))
+            except Exception as exc:  # noqa: BLE001
+                return error_response(exc)
+
+        @api.post("/v1/images/uploads/{upload_id}/complete")
+        async def complete_image_upload(self, upload_id: str, request: Request) -> Response:
+            try:
+                self.frontend.authenticate(request)
+                return JSONResponse(await self.frontend.pre.complete_upload.remote(upload_id))
+            except Exception as exc:  # noqa: BLE001
+                return error_response(exc)
+
+        @api.get("/v1/images/{image_id}")
+        async def get_image(self, image_id: str, request: Request) -> Response:
+            try:
+                self.frontend.authenticate(request)
+                return JSONResponse(await self.frontend.pre.describe.remote(image_id))
+            except Exception as exc:  # noqa: BLE001
                 return error_response(exc)
 
         @api.get("/v1/models")

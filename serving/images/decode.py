@@ -85,7 +85,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pixels: int,
-                 allowed_formats: Sequence[str]) -> PreparedImage:
+                 allowed_formats: Sequence[str], sha256: str | None = None) -> PreparedImage:
     """Decode ``data`` and return it resized to the model's grid (HxWx3 uint8)."""
     img = _open(data, allowed_formats)
     fmt = img.format or "unknown"
@@ -117,4 +117,4 @@ def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pi
         img = img.resize((target_w, target_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     pixels = np.asarray(img, dtype=np.uint8)
     return PreparedImage(pixels=pixels, source_width=src_w, source_height=src_h,
-                         source_format=fmt, sha256=hashlib.sha256(data).hexdigest())
+                         source_format=fmt, sha256=sha256 or hashlib.sha256(data).hexdigest())

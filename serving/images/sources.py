@@ -8,6 +8,7 @@ import ipaddress
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
 
 import httpx
 import pybase64
@@ -175,12 +176,54 @@ class ImageFetcher:
         return b"".join(chunks)
 
 
-def classify_url(url: str) -> str:
-    """'data', 'http' or raise: the only image sources this server reads."""
+SourceKind = Literal["data", "http", "s3", "ref"]
+
+
+def classify_url(url: str) -> SourceKind:
+    """Which kind of image source a URL is; 400 for anything this server does not read."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         return "data"
     if scheme in ("http", "https"):
         return "http"
+    if scheme == "s3":
+        return "s3"
+    if scheme == "qvq-image":
+        return "ref"
     raise BlockedURLError(f"image URL scheme {scheme + ':' if scheme else '(none)'} is not "
-                          "supported; use a data: URL, https:// or http://")
+                          "supported; use a data: URL, https://, http://, s3://bucket/key or "
+                          "qvq-image://<sha256> of an uploaded image")
+
+
+def parse_s3_url(url: str, allowed_buckets: Sequence[str]) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; 400 unless the bucket is allowed by config."""
+    rest = url[len("s3://"):] if url.lower().startswith("s3://") else ""
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise ImageError("s3 image URLs must look like s3://bucket/key")
+    if bucket not in allowed_buckets:
+        raise BlockedURLError(f"bucket {bucket!r} is not one this server may read images from"
+                              + (f"; allowed: {', '.join(allowed_buckets)}" if allowed_buckets
+                                 else " (storage.allowed_source_buckets is empty)"))
+    return bucket, key
+
+
+def parse_image_ref(url: str) -> str:
+    """SHA-256 named by ``qvq-image://<sha256>`` (or ``qvq-image://img-<sha256>``)."""
+    from serving.images.catalog import parse_image_id
+
+    sha = parse_image_id(url)
+    if sha is None:
+        raise ImageError("uploaded-image references look like qvq-image://<64 hex sha256> "
+                         "(the `url` returned by POST /v1/images)")
+    return sha
+
+
+def check_image_url(url: str, allowed_buckets: Sequence[str]) -> SourceKind:
+    """Cheap syntax checks done in the router before any hop."""
+    kind = classify_url(url)
+    if kind == "s3":
+        parse_s3_url(url, allowed_buckets)
+    elif kind == "ref":
+        parse_image_ref(url)
+    return kind

@@ -62,7 +62,7 @@ def chat(content, model="qvq"):
 
 def test_text_only_goes_straight_to_generator(frontend):
     fe, pre, gen = frontend
-    result = asyncio.run(fe.complete(chat("hi"), key_id="team-a"))
+    result, _ = asyncio.run(fe.complete(chat("hi"), key_id="team-a"))
     assert pre.calls == []
     (name, (request, images)), = gen.calls
     assert name == "complete" and images == [] and request.key_id == "team-a"
