@@ -59,7 +59,7 @@ def decode_data_url(url: str, *, max_bytes: int) -> bytes:
         raise PayloadTooLargeError(f"image is larger than the {describe_size(max_bytes)} limit; "
                                    "send a smaller or more compressed image")
     if not data:
-        raise ImageError("data URL holds no image bytes")
+        raise ImageError("image is empty: the data URL holds no bytes")
     return data
 
 

@@ -36,7 +36,7 @@ def image_base_url():
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, tiny_model_dir, image_base_url):
+def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
     tmp = tmp_path_factory.mktemp("serve")
     config = yaml.safe_load((ROOT / "configs" / "local-cpu.yaml").read_text())
     port = free_port()
@@ -48,6 +48,8 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url):
                        "total_timeout_s": 5.0}
     config["auth"] = {"api_keys_env": "QVQ_TEST_KEYS"}
     config["data_dir"] = str(ROOT / ".qvq")
+    config["storage"] = {"backend": "s3", "s3": s3_server.s3_config(bucket="qvq-test"),
+                         "allowed_source_buckets": ["qvq-sources"]}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = (tmp / "serve.log").open("w")
@@ -72,7 +74,8 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url):
                 raise RuntimeError("qvq serve did not become healthy in time:\n"
                                    + (tmp / "serve.log").read_text()[-4000:])
             time.sleep(2)
-        yield {"base": base, "config": config, "log": tmp / "serve.log", "proc": proc}
+        yield {"base": base, "config": config, "log": tmp / "serve.log", "proc": proc,
+               "s3": s3_server}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -31,7 +31,7 @@ CASES = {
     "bad-data-url": (image_case("data:image/png;base64"), 400, None, "no ','"),
     "data-url-not-image-type": (image_case("data:text/plain;base64,aGk="), 400, None,
                                 "not an image type"),
-    "empty-image": (image_case("data:image/png;base64,"), 400, None, "no image bytes"),
+    "empty-image": (image_case("data:image/png;base64,"), 400, None, "image is empty"),
     "not-an-image": (image_case(data_url(b"plain text, not pixels")), 400, None,
                      "not a decodable image"),
     "truncated-image": (image_case(data_url(TRUNCATED_JPEG, "image/jpeg")), 400, None,

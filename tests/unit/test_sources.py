@@ -18,7 +18,7 @@ def test_data_url_roundtrip():
     ("data:image/png;base64", "no ','"),
     ("data:text/plain;base64,aGVsbG8=", "not an image type"),
     ("data:image/png;base64,@@@notbase64@@@", "not valid base64"),
-    ("data:image/png;base64,", "no image bytes"),
+    ("data:image/png;base64,", "image is empty"),
 ])
 def test_bad_data_urls(url, match):
     with pytest.raises(ImageError, match=match):
