@@ -54,6 +54,11 @@ UPLOAD_PREFIX = "uploads/"
 
 class ImagePreprocessor:
     def __init__(self, config: ServingConfig):
+        import cv2
+
+        # Parallelism comes from concurrent requests (one decode per thread); OpenCV's own
+        # thread pool on top would oversubscribe the replica's CPUs.
+        cv2.setNumThreads(1)
         self._image = config.image
         self._storage = config.storage
         self._cache_cfg = config.cache
@@ -179,7 +184,8 @@ class ImagePreprocessor:
         image = await asyncio.to_thread(
             decode_image, data, min_pixels=lo, max_pixels=hi,
             max_source_pixels=self._image.max_source_pixels,
-            allowed_formats=self._image.allowed_formats, sha256=sha)
+            allowed_formats=self._image.allowed_formats, sha256=sha,
+            jpeg_draft_coverage=self._image.jpeg_draft_coverage)
         self._stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "decode"})
         self._lru.put(key, image)
         if kind != "ref":
@@ -216,7 +222,8 @@ class ImagePreprocessor:
         image = await asyncio.to_thread(
             decode_image, data, min_pixels=lo, max_pixels=hi,
             max_source_pixels=self._image.max_source_pixels,
-            allowed_formats=self._image.allowed_formats, sha256=sha)
+            allowed_formats=self._image.allowed_formats, sha256=sha,
+            jpeg_draft_coverage=self._image.jpeg_draft_coverage)
         self._lru.put(cache_key(sha, lo, hi), image)
         record = await asyncio.to_thread(self._catalog.put_image, data, image)
         if self._cache_cfg.store_tier:

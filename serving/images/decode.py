@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -58,13 +60,11 @@ def _open(data: bytes, allowed_formats: Sequence[str]) -> Image.Image:
         raise ImageError(f"bytes are not a decodable image; send one of: {allowed}") from None
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
+def _orientation(img: Image.Image) -> int:
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        return int(img.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block must not fail the image
-        orientation = 1
-    w, h = img.size
-    return (h, w) if orientation in _ORIENTATION_SWAPS_AXES else (w, h)
+        return 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -84,28 +84,49 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Exact-size resize of HxWx3 uint8: area averaging when shrinking, bicubic when growing.
+
+    OpenCV's SIMD kernels take a third of Pillow's time here at ≥ 44 dB PSNR against Pillow's
+    bicubic (loadtest.bench_preprocess); area averaging keeps shrinking free of aliasing.
+    """
+    shrinking = pixels.shape[1] > width or pixels.shape[0] > height
+    return cv2.resize(pixels, (width, height),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
 def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pixels: int,
-                 allowed_formats: Sequence[str], sha256: str | None = None) -> PreparedImage:
-    """Decode ``data`` and return it resized to the model's grid (HxWx3 uint8)."""
+                 allowed_formats: Sequence[str], sha256: str | None = None,
+                 jpeg_draft_coverage: float = 0.85) -> PreparedImage:
+    """Decode ``data`` and return it resized to the model's grid (HxWx3 uint8).
+
+    ``jpeg_draft_coverage``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale when the result
+    still covers this fraction of the target on each side; the final resize then scales it up
+    the last few percent. 0.85 measured ≥ 44 dB PSNR against full decode + resize on photos
+    (loadtest.bench_preprocess) at roughly half the decode time; 1.0 never upscales.
+    """
     img = _open(data, allowed_formats)
     fmt = img.format or "unknown"
     width, height = img.size
     if width * height > max_source_pixels:
         raise ImageError(f"image is {width}x{height} = {width * height:,} pixels, over the "
                          f"{max_source_pixels:,}-pixel limit; downscale it before sending")
-    src_w, src_h = _oriented_size(img)
+    orientation = _orientation(img)
+    src_w, src_h = (height, width) if orientation in _ORIENTATION_SWAPS_AXES else (width, height)
     target_h, target_w = smart_resize(src_h, src_w, min_pixels=min_pixels, max_pixels=max_pixels)
     try:
         if fmt == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target: DCT scaling
             # is far cheaper than decoding every pixel and then throwing most away.
-            swap = (src_w, src_h) != (width, height)
-            need = (target_h, target_w) if swap else (target_w, target_h)
-            img.draft("RGB", need)
+            need_w = math.ceil(target_w * jpeg_draft_coverage)
+            need_h = math.ceil(target_h * jpeg_draft_coverage)
+            swap = orientation in _ORIENTATION_SWAPS_AXES
+            img.draft("RGB", (need_h, need_w) if swap else (need_w, need_h))
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
     except ImageError:
         raise
@@ -113,8 +134,8 @@ def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pi
         raise ImageError(f"{fmt} image data is truncated or corrupt") from None
     except Image.DecompressionBombError:
         raise ImageError("image has too many pixels to decode safely") from None
-    if img.size != (target_w, target_h):
-        img = img.resize((target_w, target_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     pixels = np.asarray(img, dtype=np.uint8)
+    if img.size != (target_w, target_h):
+        pixels = resize_pixels(pixels, target_w, target_h)
     return PreparedImage(pixels=pixels, source_width=src_w, source_height=src_h,
                          source_format=fmt, sha256=sha256 or hashlib.sha256(data).hexdigest())
