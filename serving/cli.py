@@ -12,7 +12,7 @@ import sys
 import threading
 
 from serving.config import hash_api_key, load_config
-from serving.errors import ConfigError
+from serving.errors import ConfigError, QVQError
 
 DEFAULT_CONFIG = "configs/local-cpu.yaml"
 DEFAULT_TINY_DIR = ".qvq/models/tiny-qwen2vl"
@@ -79,6 +79,17 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_check(args: argparse.Namespace) -> int:
+    from serving.storage.factory import open_store
+
+    config = load_config(args.config)
+    store = open_store(config.storage)
+    store.check()
+    print(f"storage ok: {config.storage.backend} "
+          f"({config.storage.s3.bucket if config.storage.s3 else config.storage.local.root})")
+    return 0
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     raw = args.key if args.key is not None else getpass.getpass("API key: ")
     print(json.dumps({"id": args.id, "sha256": hash_api_key(raw)}))
@@ -110,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=_show)
 
+    storage = sub.add_parser("storage", help="object storage").add_subparsers(
+        dest="storage_cmd", required=True)
+    p = storage.add_parser("check", help="check the store is reachable with these credentials")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=_storage_check)
+
     auth = sub.add_parser("auth", help="API keys").add_subparsers(dest="auth_cmd", required=True)
     p = auth.add_parser("hash-key", help="print the config entry (id, sha256) for a key")
     p.add_argument("--id", required=True)
@@ -126,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"qvq: {exc}", file=sys.stderr)
         return 2
+    except QVQError as exc:
+        print(f"qvq: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
