@@ -214,6 +214,11 @@ class ImagePreprocessor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def drain(self) -> None:
+        """Wait for background store writes (graceful shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     # ------------------------------------------------------------------ image API
 
     async def _validate_and_store(self, data: bytes) -> dict:

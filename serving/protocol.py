@@ -50,6 +50,15 @@ def _check_part_type(value: Any) -> Any:
     return value
 
 
+def _text_only_parts(value: Any, role: str) -> Any:
+    if isinstance(value, list):
+        for part in value:
+            _check_part_type(part)
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                raise ValueError(f"{role} messages may hold text parts only")
+    return value
+
+
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
@@ -61,12 +70,7 @@ class SystemMessage(_Strict):
     @field_validator("content", mode="before")
     @classmethod
     def _parts(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            for part in value:
-                _check_part_type(part)
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    raise ValueError("system messages may hold text parts only")
-        return value
+        return _text_only_parts(value, "system")
 
 
 class UserMessage(_Strict):
@@ -95,12 +99,7 @@ class AssistantMessage(_Strict):
     @field_validator("content", mode="before")
     @classmethod
     def _parts(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            for part in value:
-                _check_part_type(part)
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    raise ValueError("assistant messages may hold text parts only")
-        return value
+        return _text_only_parts(value, "assistant")
 
 
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]

@@ -9,9 +9,10 @@ ever visiting the router.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -257,6 +258,17 @@ def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
+def openai_errors(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Every route answers errors through the one mapping (error_response), never a trace."""
+    @functools.wraps(route)
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await route(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the one error mapping
+            return error_response(exc)
+    return wrapper
+
+
 def build_api() -> FastAPI:
     api = FastAPI(title="qvq-serving", version="0.1.0",
                   description="OpenAI-compatible API for QVQ-72B-Preview")
@@ -274,78 +286,62 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
             self.frontend = ChatFrontend(config, preprocessor, generator)
 
         @api.post("/v1/chat/completions")
+        @openai_errors
         async def chat_completions(self, request: Request) -> Response:
-            try:
-                key_id = self.frontend.authenticate(request)
-                chat = parse_chat_request(await request.body())
-                if chat.stream:
-                    body, accepted = await self.frontend.open_stream(chat, key_id)
-                    return StreamingResponse(body, media_type="text/event-stream",
-                                             headers={"Cache-Control": "no-cache",
-                                                      **_image_headers(accepted)})
-                completion, final = await self.frontend.complete(chat, key_id)
-                response = _json(completion)
-                response.headers.update(_image_headers(final))
-                return response
-            except Exception as exc:  # noqa: BLE001 - the one error mapping
-                return error_response(exc)
+            key_id = self.frontend.authenticate(request)
+            chat = parse_chat_request(await request.body())
+            if chat.stream:
+                body, accepted = await self.frontend.open_stream(chat, key_id)
+                return StreamingResponse(body, media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache",
+                                                  **_image_headers(accepted)})
+            completion, final = await self.frontend.complete(chat, key_id)
+            response = _json(completion)
+            response.headers.update(_image_headers(final))
+            return response
 
         @api.post("/v1/images")
+        @openai_errors
         async def upload_image(self, request: Request) -> Response:
-            try:
-                self.frontend.authenticate(request)
-                data = await read_image_upload(request, self.frontend.max_image_bytes)
-                return JSONResponse(await self.frontend.pre.upload.remote(data))
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            self.frontend.authenticate(request)
+            data = await read_image_upload(request, self.frontend.max_image_bytes)
+            return JSONResponse(await self.frontend.pre.upload.remote(data))
 
         @api.post("/v1/images/uploads")
+        @openai_errors
         async def create_image_upload(self, request: Request) -> Response:
-            try:
-                self.frontend.authenticate(request)
-                content_type = await upload_content_type(request)
-                return JSONResponse(await self.frontend.pre.create_upload.remote(content_type))
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            self.frontend.authenticate(request)
+            content_type = await upload_content_type(request)
+            return JSONResponse(await self.frontend.pre.create_upload.remote(content_type))
 
         @api.post("/v1/images/uploads/{upload_id}/complete")
+        @openai_errors
         async def complete_image_upload(self, upload_id: str, request: Request) -> Response:
-            try:
-                self.frontend.authenticate(request)
-                return JSONResponse(await self.frontend.pre.complete_upload.remote(upload_id))
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            self.frontend.authenticate(request)
+            return JSONResponse(await self.frontend.pre.complete_upload.remote(upload_id))
 
         @api.get("/v1/images/{image_id}")
+        @openai_errors
         async def get_image(self, image_id: str, request: Request) -> Response:
-            try:
-                self.frontend.authenticate(request)
-                return JSONResponse(await self.frontend.pre.describe.remote(image_id))
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            self.frontend.authenticate(request)
+            return JSONResponse(await self.frontend.pre.describe.remote(image_id))
 
         @api.get("/v1/models")
+        @openai_errors
         async def list_models(self, request: Request) -> Response:
-            try:
-                self.frontend.authenticate(request)
-                return _json(self.frontend.models())
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            self.frontend.authenticate(request)
+            return _json(self.frontend.models())
 
         @api.get("/v1/models/{model_id:path}")
+        @openai_errors
         async def get_model(self, model_id: str, request: Request) -> Response:
-            try:
-                self.frontend.authenticate(request)
-                return _json(self.frontend.model(model_id))
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            self.frontend.authenticate(request)
+            return _json(self.frontend.model(model_id))
 
         @api.get("/health")
+        @openai_errors
         async def health(self) -> Response:
-            try:
-                return JSONResponse(await self.frontend.health())
-            except Exception as exc:  # noqa: BLE001
-                return error_response(exc)
+            return JSONResponse(await self.frontend.health())
 
     dep = config.deployments.router
     return serve.deployment(
