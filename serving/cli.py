@@ -52,9 +52,39 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        spawned = _descendants()
         serve.shutdown()
         ray.shutdown()
+        _reap(spawned)
     return 0
+
+
+def _descendants() -> list:
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _reap(processes: list, timeout_s: float = 10.0) -> None:
+    """Stop what our local Ray started and left behind (Serve's HAProxy outlives its actor
+    and would keep holding the HTTP port)."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(alive, timeout=timeout_s)
+    for p in still:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def _build_tiny(args: argparse.Namespace) -> int:
