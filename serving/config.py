@@ -315,6 +315,15 @@ class CacheConfig(StrictModel):
                                                        "any replica skips the decode.")
 
 
+class FilesConfig(StrictModel):
+    """OpenAI-compatible Files API (batch input/output files) in the object store."""
+
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024,
+                                description="Largest file accepted by POST /v1/files -> 413.")
+    purposes: list[str] = Field(default_factory=lambda: ["batch"],
+                                description="Purposes clients may upload files for.")
+
+
 class ServerConfig(StrictModel):
     host: str = Field(default="127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
@@ -353,6 +362,8 @@ class ServingConfig(StrictModel):
                                    description="Object storage (images, files, batch state).")
     cache: CacheConfig = Field(default_factory=CacheConfig,
                                description="Preprocessed-image cache.")
+    files: FilesConfig = Field(default_factory=FilesConfig,
+                               description="Files API (batch input and output files).")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
 
     @model_validator(mode="after")

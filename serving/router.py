@@ -32,6 +32,7 @@ from serving.errors import (
     ServiceUnavailableError,
     to_api_error,
 )
+from serving.files import FileStore
 from serving.images.sources import check_image_url, describe_size
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
 from serving.protocol import (
@@ -50,6 +51,7 @@ from serving.protocol import (
     new_completion_id,
     now,
 )
+from serving.storage.factory import open_store
 
 logger = logging.getLogger("qvq.router")
 
@@ -73,6 +75,8 @@ class ChatFrontend:
         self._auth = ApiKeyAuthenticator(config.auth.resolve_keys())
         self._model_ids = set(config.model.model_ids)
         self.max_image_bytes = config.image.max_image_bytes
+        self.files = FileStore(open_store(config.storage), max_bytes=config.files.max_file_bytes,
+                               purposes=config.files.purposes)
         self._created = now()
 
     def authenticate(self, request: Request) -> str | None:
@@ -191,6 +195,37 @@ def _image_headers(event: GenerationEvent) -> dict[str, str]:
 UPLOAD_TYPES = ("image/", "application/octet-stream")
 
 
+async def read_capped_body(request: Request, cap: int, limit_text: str) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``cap`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLargeError(f"upload is {describe_size(int(declared))}, over the "
+                                   f"{limit_text}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise PayloadTooLargeError(f"upload is over the {limit_text}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def multipart_form(request: Request, body: bytes):
+    request._body = body  # starlette parses the form from the cached body
+    try:
+        return await request.form()
+    except Exception:  # noqa: BLE001 - malformed multipart from the client
+        raise InvalidRequestError("malformed multipart form data") from None
+
+
+async def form_file(form, field: str = "file") -> tuple[bytes, str]:
+    upload = form.get(field)
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequestError(f"multipart upload needs a '{field}' field holding the "
+                                  "file", param=field)
+    return await upload.read(), upload.filename or "upload"
+
+
 async def read_image_upload(request: Request, max_bytes: int) -> bytes:
     """Image bytes of a raw (image/*) or multipart (field ``file``) upload, capped while read."""
     content_type = request.headers.get("content-type", "").lower()
@@ -199,37 +234,15 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
         raise InvalidRequestError("send the image as the raw body with an image/* (or "
                                   "application/octet-stream) Content-Type, or as multipart "
                                   "form data with a 'file' field", param="content-type")
-    cap = max_bytes + (64 * 1024 if multipart else 0)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise PayloadTooLargeError(f"upload is {describe_size(int(declared))}, over the "
-                                   f"{describe_size(max_bytes)} limit; use a presigned upload "
-                                   "(POST /v1/images/uploads) for large files")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            raise PayloadTooLargeError(f"upload is over the {describe_size(max_bytes)} limit; "
-                                       "use a presigned upload (POST /v1/images/uploads)")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not multipart:
-        if not body:
-            raise ImageError("upload body is empty")
-        return body
-    request._body = body  # starlette parses the form from the cached body
-    try:
-        form = await request.form()
-    except Exception:  # noqa: BLE001 - malformed multipart from the client
-        raise InvalidRequestError("malformed multipart form data") from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise InvalidRequestError("multipart upload needs a 'file' field holding the image",
-                                  param="file")
-    data = await upload.read()
-    if not data:
-        raise ImageError("uploaded file is empty")
-    return data
+    body = await read_capped_body(
+        request, max_bytes + (64 * 1024 if multipart else 0),
+        f"{describe_size(max_bytes)} limit; use a presigned upload (POST /v1/images/uploads) "
+        "for large files")
+    if multipart:
+        body, _ = await form_file(await multipart_form(request, body))
+    if not body:
+        raise ImageError("upload is empty")
+    return body
 
 
 async def upload_content_type(request: Request) -> str:
@@ -325,6 +338,59 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         async def get_image(self, image_id: str, request: Request) -> Response:
             self.frontend.authenticate(request)
             return JSONResponse(await self.frontend.pre.describe.remote(image_id))
+
+        @api.post("/v1/files")
+        @openai_errors
+        async def create_file(self, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            files = self.frontend.files
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                raise InvalidRequestError("upload files as multipart form data with 'file' "
+                                          "and 'purpose' fields", param="content-type")
+            body = await read_capped_body(request, files.max_bytes + 64 * 1024,
+                                          f"{describe_size(files.max_bytes)} file limit")
+            form = await multipart_form(request, body)
+            data, filename = await form_file(form)
+            if len(data) > files.max_bytes:
+                raise PayloadTooLargeError(f"file is over the {describe_size(files.max_bytes)} "
+                                           "limit")
+            purpose = form.get("purpose")
+            if not isinstance(purpose, str) or not purpose:
+                raise InvalidRequestError("missing required field 'purpose'", param="purpose")
+            created = await asyncio.to_thread(files.create, key_id, data, filename=filename,
+                                              purpose=purpose)
+            return JSONResponse(created.to_dict())
+
+        @api.get("/v1/files")
+        @openai_errors
+        async def list_files(self, request: Request, purpose: str | None = None,
+                             limit: int = 10000, after: str | None = None,
+                             order: str = "desc") -> Response:
+            key_id = self.frontend.authenticate(request)
+            return JSONResponse(await asyncio.to_thread(
+                self.frontend.files.list, key_id, purpose=purpose, limit=limit, after=after,
+                order=order))
+
+        @api.get("/v1/files/{file_id}")
+        @openai_errors
+        async def get_file(self, file_id: str, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            found = await asyncio.to_thread(self.frontend.files.get, key_id, file_id)
+            return JSONResponse(found.to_dict())
+
+        @api.get("/v1/files/{file_id}/content")
+        @openai_errors
+        async def file_content(self, file_id: str, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            data = await asyncio.to_thread(self.frontend.files.content, key_id, file_id)
+            return Response(data, media_type="application/octet-stream")
+
+        @api.delete("/v1/files/{file_id}")
+        @openai_errors
+        async def delete_file(self, file_id: str, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            return JSONResponse(await asyncio.to_thread(self.frontend.files.delete, key_id,
+                                                        file_id))
 
         @api.get("/v1/models")
         @openai_errors
