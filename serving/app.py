@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from serving.batch.runner import runner_deployment
 from serving.config import ServingConfig, config_from_dict, load_config
 from serving.generator import generator_deployment
 from serving.preprocessor import preprocessor_deployment
@@ -20,7 +21,8 @@ from serving.router import router_deployment
 def build_app(config: ServingConfig) -> Application:
     preprocessor = preprocessor_deployment(config).bind(config)
     generator = generator_deployment(config).bind(config)
-    return router_deployment(config).bind(config, preprocessor, generator)
+    runner = runner_deployment(config).bind(config, preprocessor, generator)
+    return router_deployment(config).bind(config, preprocessor, generator, runner)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

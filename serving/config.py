@@ -73,6 +73,9 @@ class ModelConfig(StrictModel):
         description="System message added when a request has none (None adds nothing and "
                     "leaves the chat template's own default).")
     seed: int = Field(default=0, description="vLLM engine seed.")
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        default="priority", description="vLLM scheduling: 'priority' lets live requests "
+                                        "overtake queued batch-job requests.")
 
     @property
     def model_ids(self) -> list[str]:
@@ -324,6 +327,25 @@ class FilesConfig(StrictModel):
                                 description="Purposes clients may upload files for.")
 
 
+class BatchConfig(StrictModel):
+    """OpenAI-compatible batch jobs run behind live traffic."""
+
+    max_lines: int = Field(default=50_000, ge=1, description="Requests per input file.")
+    max_input_bytes: int = Field(default=200 * 1024 * 1024, ge=1024,
+                                 description="Size of an input file.")
+    chunk_size: int = Field(default=16, ge=1, le=1024,
+                            description="Lines per checkpointed chunk (the work redone after "
+                                        "a crash is at most one chunk per job).")
+    max_concurrency: int = Field(default=8, ge=1,
+                                 description="Batch requests in flight, all jobs together.")
+    live_concurrency: int = Field(default=1, ge=0,
+                                  description="Batch requests in flight while live requests "
+                                              "are running (live traffic comes first).")
+    poll_interval_s: float = Field(default=2.0, gt=0,
+                                   description="How often the runner looks for new jobs.")
+    num_cpus: float = Field(default=0.25, ge=0, description="Ray CPUs of the runner replica.")
+
+
 class ServerConfig(StrictModel):
     host: str = Field(default="127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
@@ -364,6 +386,7 @@ class ServingConfig(StrictModel):
                                description="Preprocessed-image cache.")
     files: FilesConfig = Field(default_factory=FilesConfig,
                                description="Files API (batch input and output files).")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch jobs.")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
 
     @model_validator(mode="after")

@@ -23,6 +23,9 @@ logger = logging.getLogger("qvq.generator")
 
 EngineFactory = Callable[[ServingConfig], Engine]
 
+LIVE_PRIORITY = 0
+BATCH_PRIORITY = 10  # vLLM serves lower values first
+
 
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
@@ -35,6 +38,7 @@ class QVQGenerator:
         self._config = config
         self._prompts = PromptBuilder(config.model, _load_tokenizer(config.model.path))
         self._engine: Engine = (engine_factory or VLLMEngine)(config)
+        self._in_flight = {"live": 0, "batch": 0}
 
     def _options(self, request: GenerationRequest, rendered: RenderedPrompt) -> SamplingOptions:
         chat = request.chat
@@ -48,27 +52,41 @@ class QVQGenerator:
         rendered = self._prompts.render(request.chat, images)
         yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
                               image_cache=tuple(i.cache for i in images))
-        async for step in self._engine.generate(rendered.token_ids, images,
-                                                self._options(request, rendered),
-                                                request.request_id):
-            if step.finish_reason is not None:
-                yield GenerationEvent("final", text=step.text, prompt_tokens=step.prompt_tokens,
-                                      completion_tokens=step.completion_tokens,
-                                      finish_reason=step.finish_reason)
-            elif step.text:
-                yield GenerationEvent("delta", text=step.text)
+        self._in_flight["live"] += 1
+        try:
+            async for step in self._engine.generate(rendered.token_ids, images,
+                                                    self._options(request, rendered),
+                                                    request.request_id):
+                if step.finish_reason is not None:
+                    yield GenerationEvent("final", text=step.text,
+                                          prompt_tokens=step.prompt_tokens,
+                                          completion_tokens=step.completion_tokens,
+                                          finish_reason=step.finish_reason)
+                elif step.text:
+                    yield GenerationEvent("delta", text=step.text)
+        finally:
+            self._in_flight["live"] -= 1
 
-    async def complete(self, request: GenerationRequest,
-                       images: Sequence[PreparedImage]) -> GenerationEvent:
-        """The whole completion as one ``final`` event (text, counts, finish reason)."""
+    async def complete(self, request: GenerationRequest, images: Sequence[PreparedImage],
+                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
+        """The whole completion as one ``final`` event (text, counts, finish reason).
+
+        ``priority``: LIVE_PRIORITY for API traffic, BATCH_PRIORITY for batch jobs, which
+        the engine's scheduler serves after live requests.
+        """
         rendered = self._prompts.render(request.chat, images)
         parts: list[str] = []
         final = None
-        async for step in self._engine.generate(rendered.token_ids, images,
-                                                self._options(request, rendered),
-                                                request.request_id):
-            parts.append(step.text)
-            final = step
+        kind = "live" if priority == LIVE_PRIORITY else "batch"
+        self._in_flight[kind] += 1
+        try:
+            async for step in self._engine.generate(rendered.token_ids, images,
+                                                    self._options(request, rendered),
+                                                    request.request_id, priority=priority):
+                parts.append(step.text)
+                final = step
+        finally:
+            self._in_flight[kind] -= 1
         if final is None:  # pragma: no cover - vLLM always ends with a finished output
             raise RuntimeError("engine produced no output")
         return GenerationEvent("final", text="".join(parts), prompt_tokens=final.prompt_tokens,
@@ -79,6 +97,10 @@ class QVQGenerator:
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is dead, so Serve replaces us."""
         await self._engine.check_health()
+
+    async def load(self) -> dict[str, int]:
+        """Requests in flight on this replica, live and batch (the batch runner backs off)."""
+        return dict(self._in_flight)
 
     async def probe(self) -> str:
         """On-demand probe for the router's /health: asks the engine now, not a cached flag."""

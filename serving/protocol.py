@@ -190,6 +190,22 @@ class ChatCompletionRequest(_Strict):
                 for part in msg.content if isinstance(part, ImagePart)]
 
 
+class BatchCreateRequest(_Strict):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value and (len(value) > 16 or any(len(k) > 64 or len(v) > 512
+                                             for k, v in value.items())):
+            raise ValueError("at most 16 metadata keys, keys up to 64 and values up to 512 "
+                             "characters")
+        return value
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -316,3 +332,17 @@ class GenerationEvent:
     completion_tokens: int = 0
     finish_reason: str | None = None
     image_cache: tuple[str, ...] = ()  # per image: miss / memory / store
+
+
+def usage_of(event: GenerationEvent) -> Usage:
+    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                 total_tokens=event.prompt_tokens + event.completion_tokens)
+
+
+def completion_response(request_id: str, created: int, model: str,
+                        final: GenerationEvent) -> ChatCompletion:
+    """The OpenAI chat.completion object for a finished generation (live or batch)."""
+    return ChatCompletion(id=request_id, created=created, model=model,
+                          choices=[Choice(message=ResponseMessage(content=final.text),
+                                          finish_reason=final.finish_reason)],
+                          usage=usage_of(final))

@@ -22,11 +22,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.auth import ApiKeyAuthenticator
+from serving.batch.store import TERMINAL, BatchStore, new_batch, owner_of, public
+from serving.batch.validate import ENDPOINT as BATCH_ENDPOINT
 from serving.config import ServingConfig
 from serving.errors import (
     ImageError,
     InvalidRequestError,
     ModelNotFoundError,
+    NotFoundError,
     PayloadTooLargeError,
     QVQError,
     ServiceUnavailableError,
@@ -36,20 +39,21 @@ from serving.files import FileStore
 from serving.images.sources import check_image_url, describe_size
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
 from serving.protocol import (
+    BatchCreateRequest,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    Choice,
     ChunkChoice,
     Delta,
     GenerationEvent,
     GenerationRequest,
     ModelCard,
     ModelList,
-    ResponseMessage,
     Usage,
+    completion_response,
     new_completion_id,
     now,
+    usage_of,
 )
 from serving.storage.factory import open_store
 
@@ -75,9 +79,40 @@ class ChatFrontend:
         self._auth = ApiKeyAuthenticator(config.auth.resolve_keys())
         self._model_ids = set(config.model.model_ids)
         self.max_image_bytes = config.image.max_image_bytes
-        self.files = FileStore(open_store(config.storage), max_bytes=config.files.max_file_bytes,
+        store = open_store(config.storage)
+        self.files = FileStore(store, max_bytes=config.files.max_file_bytes,
                                purposes=config.files.purposes)
+        self.batches = BatchStore(store)
         self._created = now()
+
+    def create_batch(self, key_id: str | None, body: BatchCreateRequest) -> dict[str, Any]:
+        if body.endpoint != BATCH_ENDPOINT:
+            raise InvalidRequestError(f"endpoint must be {BATCH_ENDPOINT}", param="endpoint")
+        if body.completion_window != "24h":
+            raise InvalidRequestError("completion_window must be '24h'",
+                                      param="completion_window")
+        try:
+            input_file = self.files.get(key_id, body.input_file_id)
+        except NotFoundError:
+            raise InvalidRequestError(f"input_file_id {body.input_file_id!r} is not one of your "
+                                      "files", param="input_file_id") from None
+        if input_file.purpose != "batch":
+            raise InvalidRequestError("the input file must have purpose 'batch'",
+                                      param="input_file_id")
+        batch = new_batch(owner_of(key_id), input_file_id=body.input_file_id,
+                          endpoint=body.endpoint, completion_window=body.completion_window,
+                          metadata=body.metadata, window_s=24 * 3600)
+        self.batches.create(batch)
+        return public(batch)
+
+    def cancel_batch(self, key_id: str | None, batch_id: str) -> dict[str, Any]:
+        batch = self.batches.load(owner_of(key_id), batch_id)
+        if batch["status"] in TERMINAL:
+            raise InvalidRequestError(f"batch {batch_id} is already {batch['status']}; only "
+                                      "validating or in-progress batches can be cancelled",
+                                      code="batch_not_cancellable")
+        self.batches.request_cancel(batch)
+        return self.batches.view(batch)
 
     def authenticate(self, request: Request) -> str | None:
         return self._auth.authenticate(request.headers.get("authorization"))
@@ -122,11 +157,7 @@ class ChatFrontend:
                        key_id: str | None) -> tuple[ChatCompletion, GenerationEvent]:
         request, pending = self._dispatch(chat, key_id, "complete")
         final: GenerationEvent = await pending
-        return ChatCompletion(
-            id=request.request_id, created=request.created, model=chat.model,
-            choices=[Choice(message=ResponseMessage(content=final.text),
-                            finish_reason=final.finish_reason)],
-            usage=_usage(final)), final
+        return completion_response(request.request_id, request.created, chat.model, final), final
 
     async def open_stream(self, chat: ChatCompletionRequest,
                           key_id: str | None) -> tuple[AsyncIterator[bytes], GenerationEvent]:
@@ -163,7 +194,7 @@ class ChatFrontend:
                 raise ServiceUnavailableError("generation ended without a result; retry")
             yield chunk(Delta(), finish=final.finish_reason)
             if include_usage:
-                yield chunk(Delta(), usage=_usage(final), choices=False)
+                yield chunk(Delta(), usage=usage_of(final), choices=False)
         except asyncio.CancelledError:
             stream.cancel()
             raise
@@ -262,11 +293,6 @@ async def upload_content_type(request: Request) -> str:
     return content_type
 
 
-def _usage(final: GenerationEvent) -> Usage:
-    return Usage(prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
-                 total_tokens=final.prompt_tokens + final.completion_tokens)
-
-
 def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
@@ -295,8 +321,9 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
     @serve.ingress(api)
     class Router:
         def __init__(self, config: ServingConfig, preprocessor: DeploymentHandle,
-                     generator: DeploymentHandle):
+                     generator: DeploymentHandle, runner: DeploymentHandle):
             self.frontend = ChatFrontend(config, preprocessor, generator)
+            self.runner = runner
 
         @api.post("/v1/chat/completions")
         @openai_errors
@@ -391,6 +418,42 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
             key_id = self.frontend.authenticate(request)
             return JSONResponse(await asyncio.to_thread(self.frontend.files.delete, key_id,
                                                         file_id))
+
+        @api.post("/v1/batches")
+        @openai_errors
+        async def create_batch(self, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            try:
+                body = BatchCreateRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise validation_to_error(exc) from None
+            batch = await asyncio.to_thread(self.frontend.create_batch, key_id, body)
+            await self.runner.kick.remote()
+            return JSONResponse(batch)
+
+        @api.get("/v1/batches")
+        @openai_errors
+        async def list_batches(self, request: Request, limit: int = 20,
+                               after: str | None = None) -> Response:
+            key_id = self.frontend.authenticate(request)
+            return JSONResponse(await asyncio.to_thread(
+                self.frontend.batches.list, owner_of(key_id), limit=limit, after=after))
+
+        @api.get("/v1/batches/{batch_id}")
+        @openai_errors
+        async def get_batch(self, batch_id: str, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            batches = self.frontend.batches
+            batch = await asyncio.to_thread(batches.load, owner_of(key_id), batch_id)
+            return JSONResponse(await asyncio.to_thread(batches.view, batch))
+
+        @api.post("/v1/batches/{batch_id}/cancel")
+        @openai_errors
+        async def cancel_batch(self, batch_id: str, request: Request) -> Response:
+            key_id = self.frontend.authenticate(request)
+            view = await asyncio.to_thread(self.frontend.cancel_batch, key_id, batch_id)
+            await self.runner.kick.remote()
+            return JSONResponse(view)
 
         @api.get("/v1/models")
         @openai_errors

@@ -60,6 +60,7 @@ class VLLMEngine:
             enforce_eager=model.enforce_eager,
             enable_prefix_caching=model.enable_prefix_caching,
             seed=model.seed,
+            scheduling_policy=model.scheduling_policy,
             limit_mm_per_prompt={"image": max(config.image.max_images_per_request, 1),
                                  "video": 0},
             # Images arrive already on the grid; the same bounds make vLLM's own resize a no-op.

@@ -48,7 +48,8 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
                        "total_timeout_s": 5.0}
     config["auth"] = {"api_keys_env": "QVQ_TEST_KEYS"}
     config["data_dir"] = str(ROOT / ".qvq")
-    config["files"] = {"max_file_bytes": 65536}
+    config["files"] = {"max_file_bytes": 262144}
+    config["batch"] = {"chunk_size": 4, "poll_interval_s": 0.5, "max_concurrency": 4}
     config["storage"] = {"backend": "s3", "s3": s3_server.s3_config(bucket="qvq-test"),
                          "allowed_source_buckets": ["qvq-sources"]}
     path = tmp / "config.yaml"

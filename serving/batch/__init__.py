@@ -1,0 +1,1 @@
+"""OpenAI-compatible batch jobs: validation, durable state, and the runner."""

@@ -1,0 +1,274 @@
+"""BatchRunner: drives batch jobs through the same preprocessor and generator as live traffic.
+
+One replica. Jobs are found through their `_active` markers in the object store, so a
+restarted runner (crash, SIGKILL, app restart) picks up every unfinished job where its last
+written chunk left off. Live traffic comes first twice over: the runner lowers its own
+concurrency while live requests are in flight on the generator, and its requests carry a lower
+priority in vLLM's scheduler. All jobs share one pool of request slots, taken chunk by chunk,
+so several jobs progress side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.batch.store import TERMINAL, BatchStore
+from serving.batch.validate import parse_batch_input
+from serving.config import ServingConfig
+from serving.errors import ImageError, NotFoundError, to_api_error
+from serving.files import FileStore
+from serving.generator import BATCH_PRIORITY
+from serving.images.sources import check_image_url
+from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
+from serving.storage.factory import open_store
+
+logger = logging.getLogger("qvq.batch")
+
+RETRIES_ON_UNAVAILABLE = 5
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    """Deterministic, so finalizing twice (after a crash) rewrites the same file."""
+    return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
+
+
+class BatchRunner:
+    def __init__(self, config: ServingConfig, preprocessor: DeploymentHandle,
+                 generator: DeploymentHandle):
+        self._config = config
+        self._cfg = config.batch
+        self._pre = preprocessor
+        self._gen = generator
+        store = open_store(config.storage)
+        self._batches = BatchStore(store)
+        self._files = FileStore(store, max_bytes=config.files.max_file_bytes,
+                                purposes=config.files.purposes)
+        self._model_ids = set(config.model.model_ids)
+        self._slots = asyncio.Semaphore(self._cfg.max_concurrency)
+        self._in_flight = 0
+        self._live = 0
+        self._live_checked = 0.0
+        self._jobs: dict[str, asyncio.Task] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.Task | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._wake = asyncio.Event()
+            self._loop = asyncio.create_task(self._run_forever())
+
+    async def kick(self) -> str:
+        """Look for new or cancelled jobs now (the router calls this after changes)."""
+        self._ensure_loop()
+        assert self._wake is not None
+        self._wake.set()
+        return "ok"
+
+    async def check_health(self) -> None:
+        # Serve calls this every few seconds: it also (re)starts the job loop after a restart.
+        self._ensure_loop()
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                for owner, batch_id in await asyncio.to_thread(self._batches.active):
+                    task = self._jobs.get(batch_id)
+                    if task is None or task.done():
+                        self._jobs[batch_id] = asyncio.create_task(self._drive(owner, batch_id))
+            except Exception:  # noqa: BLE001 - keep the loop alive; the store may be down
+                logger.exception("batch scan failed")
+            assert self._wake is not None
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    # ---------------------------------------------------------------- one job
+
+    async def _drive(self, owner: str, batch_id: str) -> None:
+        try:
+            batch = await asyncio.to_thread(self._batches.load, owner, batch_id)
+            if batch["status"] in TERMINAL:
+                await asyncio.to_thread(self._batches.deactivate, batch_id)
+                return
+            if batch["status"] == "validating":
+                batch = await self._validate(batch)
+                if batch["status"] == "failed":
+                    return
+            if batch["status"] == "in_progress":
+                batch = await self._execute(batch)
+            await self._finalize(batch)
+        except NotFoundError:
+            await asyncio.to_thread(self._batches.deactivate, batch_id)
+        except Exception:  # noqa: BLE001 - retried on the next scan
+            logger.exception("batch %s failed this round; will retry", batch_id)
+
+    async def _validate(self, batch: dict[str, Any]) -> dict[str, Any]:
+        owner = batch["owner"]
+        try:
+            data = await asyncio.to_thread(self._files.content, owner, batch["input_file_id"])
+        except NotFoundError:
+            return await self._fail(batch, [{"code": "file_not_found", "line": None,
+                                             "param": "input_file_id",
+                                             "message": "input file not found"}])
+        lines, errors = await asyncio.to_thread(
+            parse_batch_input, data, max_lines=self._cfg.max_lines,
+            max_bytes=self._cfg.max_input_bytes, model_ids=self._model_ids)
+        if errors:
+            return await self._fail(batch, [e.to_dict() for e in errors])
+        raw = data.decode().split("\n")
+        await asyncio.to_thread(self._batches.write_input, batch,
+                                [raw[line.line - 1] for line in lines])
+        chunk = self._cfg.chunk_size
+        batch.update(status="in_progress", in_progress_at=int(time.time()), chunk_size=chunk,
+                     total_chunks=(len(lines) + chunk - 1) // chunk,
+                     request_counts={"total": len(lines), "completed": 0, "failed": 0})
+        await asyncio.to_thread(self._batches.save, batch)
+        return batch
+
+    async def _fail(self, batch: dict[str, Any], errors: list[dict]) -> dict[str, Any]:
+        batch.update(status="failed", failed_at=int(time.time()),
+                     errors={"object": "list", "data": errors})
+        await asyncio.to_thread(self._batches.save, batch)
+        await asyncio.to_thread(self._batches.deactivate, batch["id"])
+        return batch
+
+    async def _execute(self, batch: dict[str, Any]) -> dict[str, Any]:
+        lines = await asyncio.to_thread(self._batches.read_input, batch)
+        done = await asyncio.to_thread(self._batches.done_chunks, batch)
+        size = batch["chunk_size"]
+        for chunk in range(batch["total_chunks"]):
+            if chunk in done:
+                continue
+            stop = await self._stop_reason(batch)
+            if stop:
+                batch["status"] = stop
+                break
+            results = await asyncio.gather(*(self._run_line(batch, raw)
+                                             for raw in lines[chunk * size:(chunk + 1) * size]))
+            await asyncio.to_thread(self._batches.write_part, batch, chunk, list(results))
+            failed = sum(1 for r in results if r["response"]["status_code"] != 200)
+            done[chunk] = (len(results) - failed, failed)
+            batch["request_counts"].update(completed=sum(c for c, _ in done.values()),
+                                           failed=sum(f for _, f in done.values()))
+            await asyncio.to_thread(self._batches.save, batch)  # the checkpoint
+        return batch
+
+    async def _stop_reason(self, batch: dict[str, Any]) -> str | None:
+        if time.time() > batch["expires_at"]:
+            return "expired"
+        if await asyncio.to_thread(self._batches.cancel_requested, batch):
+            return "cancelling"
+        return None
+
+    async def _finalize(self, batch: dict[str, Any]) -> None:
+        ending = batch["status"]
+        if ending == "in_progress":
+            batch.update(status="finalizing", finalizing_at=int(time.time()))
+            await asyncio.to_thread(self._batches.save, batch)
+        results = await asyncio.to_thread(self._batches.read_parts, batch)
+        good = [r for r in results if r["response"]["status_code"] == 200]
+        bad = [r for r in results if r["response"]["status_code"] != 200]
+        owner = batch["owner"]
+        if good:
+            created = await asyncio.to_thread(
+                self._files.create, owner, "".join(json.dumps(r) + "\n" for r in good).encode(),
+                filename=f"{batch['id']}_output.jsonl", purpose="batch_output",
+                file_id=output_file_id(batch["id"], "output"))
+            batch["output_file_id"] = created.id
+        if bad:
+            created = await asyncio.to_thread(
+                self._files.create, owner, "".join(json.dumps(r) + "\n" for r in bad).encode(),
+                filename=f"{batch['id']}_error.jsonl", purpose="batch_output",
+                file_id=output_file_id(batch["id"], "error"))
+            batch["error_file_id"] = created.id
+        now = int(time.time())
+        final = {"cancelling": "cancelled", "expired": "expired"}.get(ending, "completed")
+        batch.update(status=final, **{f"{final}_at": now})
+        await asyncio.to_thread(self._batches.save, batch)
+        await asyncio.to_thread(self._batches.deactivate, batch["id"])
+        logger.info("batch %s %s: %s", batch["id"], final, batch["request_counts"])
+
+    # ---------------------------------------------------------------- one request
+
+    async def _live_requests(self) -> int:
+        now = time.monotonic()
+        if now - self._live_checked > 0.2:
+            self._live_checked = now
+            try:
+                self._live = (await self._gen.load.remote())["live"]
+            except Exception:  # noqa: BLE001 - unknown load: be conservative
+                self._live = 1
+        return self._live
+
+    async def _acquire(self) -> None:
+        await self._slots.acquire()
+        while self._in_flight >= self._cfg.live_concurrency and await self._live_requests():
+            await asyncio.sleep(0.05)  # live traffic first: wait until it has drained
+        self._in_flight += 1
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._slots.release()
+
+    async def _run_line(self, batch: dict[str, Any], raw: str) -> dict[str, Any]:
+        obj = json.loads(raw)
+        request_id = "batch_req_" + uuid.uuid4().hex
+        result = {"id": request_id, "custom_id": obj["custom_id"], "error": None}
+        for attempt in range(RETRIES_ON_UNAVAILABLE + 1):
+            await self._acquire()
+            try:
+                body = await self._generate(batch, obj["body"], request_id)
+                result["response"] = {"status_code": 200, "request_id": request_id,
+                                      "body": body}
+                return result
+            except Exception as exc:  # noqa: BLE001 - becomes this line's error
+                api = to_api_error(exc)
+                if api.status_code == 503 and attempt < RETRIES_ON_UNAVAILABLE:
+                    await asyncio.sleep(min(2 ** attempt, 10))
+                    continue
+                result["response"] = {"status_code": api.status_code,
+                                      "request_id": request_id, "body": api.to_openai()}
+                return result
+            finally:
+                self._release()
+        raise AssertionError("unreachable")
+
+    async def _generate(self, batch: dict[str, Any], body: dict, request_id: str) -> dict:
+        chat = ChatCompletionRequest.model_validate(body)
+        urls = chat.image_urls()
+        if len(urls) > self._config.image.max_images_per_request:
+            raise ImageError(f"request has {len(urls)} images; at most "
+                             f"{self._config.image.max_images_per_request} are allowed")
+        for url in urls:
+            check_image_url(url, self._config.storage.allowed_source_buckets)
+        images: Any = self._pre.prepare.remote(urls) if urls else []
+        request = GenerationRequest(request_id=request_id,
+                                    chat=chat.without_image_data() if urls else chat,
+                                    key_id=batch["owner"])
+        final = await self._gen.complete.remote(request, images, BATCH_PRIORITY)
+        return completion_response(request_id, request.created, chat.model,
+                                   final).model_dump(mode="json")
+
+
+def runner_deployment(config: ServingConfig) -> serve.Deployment:
+    return serve.deployment(
+        BatchRunner, name="BatchRunner", num_replicas=1,
+        ray_actor_options={"num_cpus": config.batch.num_cpus},
+        max_ongoing_requests=64, health_check_period_s=2,
+    )
+
+
+
