@@ -120,6 +120,44 @@ def _storage_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_client(args: argparse.Namespace):
+    from serving.batch.client import BatchClient
+
+    return BatchClient(args.base_url, args.api_key)
+
+
+def _batch_submit(args: argparse.Namespace) -> int:
+    import pathlib
+
+    client = _batch_client(args)
+    batch = client.submit(pathlib.Path(args.file))
+    print(batch["id"])
+    if args.wait:
+        batch = client.wait(batch["id"])
+        print(json.dumps({k: batch[k] for k in ("id", "status", "request_counts",
+                                                "output_file_id", "error_file_id")}))
+        return 0 if batch["status"] == "completed" else 1
+    return 0
+
+
+def _batch_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_batch_client(args).status(args.batch_id), indent=2))
+    return 0
+
+
+def _batch_cancel(args: argparse.Namespace) -> int:
+    print(json.dumps(_batch_client(args).cancel(args.batch_id), indent=2))
+    return 0
+
+
+def _batch_download(args: argparse.Namespace) -> int:
+    import pathlib
+
+    for path in _batch_client(args).download(args.batch_id, pathlib.Path(args.output)):
+        print(path)
+    return 0
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     raw = args.key if args.key is not None else getpass.getpass("API key: ")
     print(json.dumps({"id": args.id, "sha256": hash_api_key(raw)}))
@@ -157,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=_storage_check)
 
+    batch = sub.add_parser("batch", help="batch jobs over the HTTP API").add_subparsers(
+        dest="batch_cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--base-url", default=os.environ.get("QVQ_BASE_URL",
+                                                             "http://127.0.0.1:8000/v1"))
+    common.add_argument("--api-key", default=os.environ.get("QVQ_API_KEY"))
+    p = batch.add_parser("submit", parents=[common], help="upload a JSONL file and start it")
+    p.add_argument("file")
+    p.add_argument("--wait", action="store_true", help="show progress until it ends")
+    p.set_defaults(func=_batch_submit)
+    for name, func in (("status", _batch_status), ("cancel", _batch_cancel)):
+        p = batch.add_parser(name, parents=[common])
+        p.add_argument("batch_id")
+        p.set_defaults(func=func)
+    p = batch.add_parser("download", parents=[common], help="save output and error files")
+    p.add_argument("batch_id")
+    p.add_argument("-o", "--output", default=".")
+    p.set_defaults(func=_batch_download)
+
     auth = sub.add_parser("auth", help="API keys").add_subparsers(dest="auth_cmd", required=True)
     p = auth.add_parser("hash-key", help="print the config entry (id, sha256) for a key")
     p.add_argument("--id", required=True)
@@ -175,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except QVQError as exc:
         print(f"qvq: {exc.message}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # HTTP errors from the batch client
+        print(f"qvq: {exc}", file=sys.stderr)
         return 1
 
 

@@ -179,3 +179,28 @@ def test_runner_killed_mid_job_resumes_exactly_once(openai_client):
     assert len(ids) == len(set(ids)) == 48
     assert done.request_counts.completed == 48
     print(f"resumed and finished {time.monotonic() - killed_at:.1f}s after SIGKILL")
+
+
+def test_cli_submit_wait_download(server, tmp_path):
+    import sys
+
+    from tests.integration.conftest import API_KEY
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(jsonl([line(f"cli-{i}", "hi") for i in range(3)]))
+    env = {**os.environ, "QVQ_BASE_URL": server["base"] + "/v1", "QVQ_API_KEY": API_KEY}
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "batch", "submit", str(src),
+                          "--wait"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed"
+    assert "3 ok / 0 failed / 3" in run.stderr
+    got = subprocess.run([sys.executable, "-m", "serving.cli", "batch", "download",
+                          summary["id"], "-o", str(tmp_path / "out")], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert got.returncode == 0, got.stderr
+    out = (tmp_path / "out" / f"{summary['id']}_output.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["custom_id"] for x in out) == ["cli-0", "cli-1", "cli-2"]
+    bad = subprocess.run([sys.executable, "-m", "serving.cli", "batch", "status",
+                          "batch_" + "0" * 32], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "HTTP 404" in bad.stderr
