@@ -338,9 +338,15 @@ class BatchConfig(StrictModel):
                                         "a crash is at most one chunk per job).")
     max_concurrency: int = Field(default=8, ge=1,
                                  description="Batch requests in flight, all jobs together.")
-    live_concurrency: int = Field(default=1, ge=0,
+    live_concurrency: int = Field(default=0, ge=0,
                                   description="Batch requests in flight while live requests "
-                                              "are running (live traffic comes first).")
+                                              "are running (live traffic comes first; 0 "
+                                              "pauses batch dispatch until live traffic has "
+                                              "been quiet for live_grace_s, so a job uses idle "
+                                              "capacity only).")
+    live_grace_s: float = Field(default=2.0, ge=0,
+                                description="After the last live request is seen, batch "
+                                            "concurrency stays at live_concurrency this long.")
     poll_interval_s: float = Field(default=2.0, gt=0,
                                    description="How often the runner looks for new jobs.")
     num_cpus: float = Field(default=0.25, ge=0, description="Ray CPUs of the runner replica.")

@@ -55,7 +55,7 @@ class BatchRunner:
         self._model_ids = set(config.model.model_ids)
         self._slots = asyncio.Semaphore(self._cfg.max_concurrency)
         self._in_flight = 0
-        self._live = 0
+        self._live_seen_at = -1e9
         self._live_checked = 0.0
         self._jobs: dict[str, asyncio.Task] = {}
         self._wake: asyncio.Event | None = None
@@ -203,19 +203,23 @@ class BatchRunner:
 
     # ---------------------------------------------------------------- one request
 
-    async def _live_requests(self) -> int:
+    async def _live_traffic(self) -> bool:
+        """Live requests now, or within the last ``live_grace_s`` (they come in waves: a gap
+        between two live requests is no invitation to fill the engine with batch work)."""
         now = time.monotonic()
-        if now - self._live_checked > 0.2:
+        if now - self._live_checked > 0.1:
             self._live_checked = now
             try:
-                self._live = (await self._gen.load.remote())["live"]
+                live = (await self._gen.load.remote())["live"]
             except Exception:  # noqa: BLE001 - unknown load: be conservative
-                self._live = 1
-        return self._live
+                live = 1
+            if live:
+                self._live_seen_at = now
+        return now - self._live_seen_at < self._cfg.live_grace_s
 
     async def _acquire(self) -> None:
         await self._slots.acquire()
-        while self._in_flight >= self._cfg.live_concurrency and await self._live_requests():
+        while self._in_flight >= self._cfg.live_concurrency and await self._live_traffic():
             await asyncio.sleep(0.05)  # live traffic first: wait until it has drained
         self._in_flight += 1
 

@@ -204,3 +204,23 @@ def test_cli_submit_wait_download(server, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "serving.cli", "batch", "status",
                           "batch_" + "0" * 32], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "HTTP 404" in bad.stderr
+
+
+def test_two_jobs_share_capacity(openai_client):
+    first = submit(openai_client, [line(f"a{i}", "Story please.", max_tokens=24)
+                                   for i in range(24)])
+    second = submit(openai_client, [line(f"b{i}", "Story please.", max_tokens=24)
+                                    for i in range(24)])
+    seen_both_running = False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        a = openai_client.batches.retrieve(first.id)
+        b = openai_client.batches.retrieve(second.id)
+        if a.request_counts.completed and b.request_counts.completed and (
+                a.status != "completed" or b.status != "completed"):
+            seen_both_running = True  # both progressed before either finished
+        if a.status == b.status == "completed":
+            break
+        time.sleep(0.2)
+    assert a.status == b.status == "completed"
+    assert seen_both_running, "one job ran to the end before the other started"
