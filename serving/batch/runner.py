@@ -179,21 +179,17 @@ class BatchRunner:
             batch.update(status="finalizing", finalizing_at=int(time.time()))
             await asyncio.to_thread(self._batches.save, batch)
         results = await asyncio.to_thread(self._batches.read_parts, batch)
-        good = [r for r in results if r["response"]["status_code"] == 200]
-        bad = [r for r in results if r["response"]["status_code"] != 200]
-        owner = batch["owner"]
-        if good:
-            created = await asyncio.to_thread(
-                self._files.create, owner, "".join(json.dumps(r) + "\n" for r in good).encode(),
-                filename=f"{batch['id']}_output.jsonl", purpose="batch_output",
-                file_id=output_file_id(batch["id"], "output"))
-            batch["output_file_id"] = created.id
-        if bad:
-            created = await asyncio.to_thread(
-                self._files.create, owner, "".join(json.dumps(r) + "\n" for r in bad).encode(),
-                filename=f"{batch['id']}_error.jsonl", purpose="batch_output",
-                file_id=output_file_id(batch["id"], "error"))
-            batch["error_file_id"] = created.id
+        for kind, rows in (("output", [r for r in results
+                                       if r["response"]["status_code"] == 200]),
+                           ("error", [r for r in results
+                                      if r["response"]["status_code"] != 200])):
+            if rows:
+                created = await asyncio.to_thread(
+                    self._files.create, batch["owner"],
+                    "".join(json.dumps(r) + "\n" for r in rows).encode(),
+                    filename=f"{batch['id']}_{kind}.jsonl", purpose="batch_output",
+                    file_id=output_file_id(batch["id"], kind))
+                batch[f"{kind}_file_id"] = created.id
         now = int(time.time())
         final = {"cancelling": "cancelled", "expired": "expired"}.get(ending, "completed")
         batch.update(status=final, **{f"{final}_at": now})
