@@ -179,6 +179,10 @@ class DeploymentConfig(StrictModel):
     memory_gib: float | None = Field(default=None, gt=0, description="Ray memory per replica.")
     max_ongoing_requests: int = Field(default=64, ge=1,
                                       description="Concurrent requests one replica accepts.")
+    access_log: bool | None = Field(
+        default=None, description="Serve's per-request access log line on this hop (each "
+                                  "costs CPU on every request). None: on for the router, off "
+                                  "for the inner hops.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig,
                                            description="Replica bounds and autoscaling policy.")
 

@@ -139,6 +139,7 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
         ray_actor_options=actor_options,
         max_ongoing_requests=dep.max_ongoing_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
+        logging_config={"enable_access_log": bool(dep.access_log)},
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=60,
         **options,

@@ -301,4 +301,5 @@ def preprocessor_deployment(config: ServingConfig) -> serve.Deployment:
         ray_actor_options=actor_options,
         max_ongoing_requests=dep.max_ongoing_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
+        logging_config={"enable_access_log": bool(dep.access_log)},
     )

@@ -478,5 +478,6 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         ray_actor_options={"num_cpus": dep.num_cpus},
         max_ongoing_requests=dep.max_ongoing_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
+        logging_config={"enable_access_log": dep.access_log is not False},
     )
 

@@ -64,3 +64,10 @@ def test_serve_config_yaml_points_at_the_builder():
     app = serve_config["applications"][0]
     assert app["import_path"] == "serving.app:app_builder"
     assert isinstance(app_builder(app["args"]), Application)
+
+
+def test_access_logs_on_the_router_only_by_default():
+    config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
+    assert router_deployment(config).logging_config["enable_access_log"] is True
+    assert generator_deployment(config).logging_config["enable_access_log"] is False
+    assert preprocessor_deployment(config).logging_config["enable_access_log"] is False
