@@ -36,7 +36,7 @@ from serving.errors import (
     to_api_error,
 )
 from serving.files import FileStore
-from serving.images.sources import check_image_url, describe_size
+from serving.images.sources import describe_size, request_image_urls
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
 from serving.protocol import (
     BatchCreateRequest,
@@ -133,14 +133,9 @@ class ChatFrontend:
 
     def _validate(self, chat: ChatCompletionRequest) -> list[str]:
         self.model(chat.model)
-        urls = chat.image_urls()
-        limit = self._config.image.max_images_per_request
-        if len(urls) > limit:
-            raise ImageError(f"request has {len(urls)} images; at most {limit} are allowed per "
-                             "request", param="messages", code="too_many_images")
-        for url in urls:
-            check_image_url(url, self._config.storage.allowed_source_buckets)
-        return urls
+        return request_image_urls(chat.image_urls(),
+                                  max_images=self._config.image.max_images_per_request,
+                                  allowed_buckets=self._config.storage.allowed_source_buckets)
 
     def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str):
         urls = self._validate(chat)

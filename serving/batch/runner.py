@@ -24,10 +24,10 @@ from ray.serve.handle import DeploymentHandle
 from serving.batch.store import TERMINAL, BatchStore
 from serving.batch.validate import parse_batch_input
 from serving.config import ServingConfig
-from serving.errors import ImageError, NotFoundError, to_api_error
+from serving.errors import NotFoundError, to_api_error
 from serving.files import FileStore
 from serving.generator import BATCH_PRIORITY
-from serving.images.sources import check_image_url
+from serving.images.sources import request_image_urls
 from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
 from serving.storage.factory import open_store
 
@@ -248,12 +248,9 @@ class BatchRunner:
 
     async def _generate(self, batch: dict[str, Any], body: dict, request_id: str) -> dict:
         chat = ChatCompletionRequest.model_validate(body)
-        urls = chat.image_urls()
-        if len(urls) > self._config.image.max_images_per_request:
-            raise ImageError(f"request has {len(urls)} images; at most "
-                             f"{self._config.image.max_images_per_request} are allowed")
-        for url in urls:
-            check_image_url(url, self._config.storage.allowed_source_buckets)
+        urls = request_image_urls(chat.image_urls(),
+                                  max_images=self._config.image.max_images_per_request,
+                                  allowed_buckets=self._config.storage.allowed_source_buckets)
         images: Any = self._pre.prepare.remote(urls) if urls else []
         request = GenerationRequest(request_id=request_id,
                                     chat=chat.without_image_data() if urls else chat,

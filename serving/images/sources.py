@@ -227,3 +227,14 @@ def check_image_url(url: str, allowed_buckets: Sequence[str]) -> SourceKind:
     elif kind == "ref":
         parse_image_ref(url)
     return kind
+
+
+def request_image_urls(urls: Sequence[str], *, max_images: int,
+                       allowed_buckets: Sequence[str]) -> list[str]:
+    """The image URLs of one request, checked before any hop (count, scheme, bucket, ref)."""
+    if len(urls) > max_images:
+        raise ImageError(f"request has {len(urls)} images; at most {max_images} are allowed per "
+                         "request", param="messages", code="too_many_images")
+    for url in urls:
+        check_image_url(url, allowed_buckets)
+    return list(urls)
