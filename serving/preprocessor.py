@@ -180,6 +180,14 @@ class ImagePreprocessor:
                 raise ImageError(f"image_url qvq-image://{sha} names no uploaded image; upload "
                                  "it with POST /v1/images first") from None
             kind = "ref"
+        image = await self._decode_and_cache(data, sha)
+        if kind != "ref":
+            await self._keep_original(data, image)
+        return image
+
+    async def _decode_and_cache(self, data: bytes, sha: str) -> PreparedImage:
+        """Decode off the event loop, then fill both cache tiers (the store one in background)."""
+        lo, hi = self._image.min_pixels, self._image.max_pixels
         t0 = time.perf_counter()
         image = await asyncio.to_thread(
             decode_image, data, min_pixels=lo, max_pixels=hi,
@@ -187,9 +195,7 @@ class ImagePreprocessor:
             allowed_formats=self._image.allowed_formats, sha256=sha,
             jpeg_draft_coverage=self._image.jpeg_draft_coverage)
         self._stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "decode"})
-        self._lru.put(key, image)
-        if kind != "ref":
-            await self._keep_original(data, image)
+        self._lru.put(cache_key(sha, lo, hi), image)
         if self._cache_cfg.store_tier:
             self._in_background(self._catalog.put_preprocessed, image, lo, hi)
         return image
@@ -222,17 +228,8 @@ class ImagePreprocessor:
     # ------------------------------------------------------------------ image API
 
     async def _validate_and_store(self, data: bytes) -> dict:
-        sha = hashlib.sha256(data).hexdigest()
-        lo, hi = self._image.min_pixels, self._image.max_pixels
-        image = await asyncio.to_thread(
-            decode_image, data, min_pixels=lo, max_pixels=hi,
-            max_source_pixels=self._image.max_source_pixels,
-            allowed_formats=self._image.allowed_formats, sha256=sha,
-            jpeg_draft_coverage=self._image.jpeg_draft_coverage)
-        self._lru.put(cache_key(sha, lo, hi), image)
+        image = await self._decode_and_cache(data, hashlib.sha256(data).hexdigest())
         record = await asyncio.to_thread(self._catalog.put_image, data, image)
-        if self._cache_cfg.store_tier:
-            self._in_background(self._catalog.put_preprocessed, image, lo, hi)
         return record.to_dict()
 
     async def upload(self, data: bytes) -> dict:

@@ -128,9 +128,7 @@ class BatchRunner:
             max_bytes=self._cfg.max_input_bytes, model_ids=self._model_ids)
         if errors:
             return await self._fail(batch, [e.to_dict() for e in errors])
-        raw = data.decode().split("\n")
-        await asyncio.to_thread(self._batches.write_input, batch,
-                                [raw[line.line - 1] for line in lines])
+        await asyncio.to_thread(self._batches.write_input, batch, [line.raw for line in lines])
         chunk = self._cfg.chunk_size
         batch.update(status="in_progress", in_progress_at=int(time.time()), chunk_size=chunk,
                      total_chunks=(len(lines) + chunk - 1) // chunk,

@@ -23,6 +23,7 @@ class BatchLine:
     line: int  # 1-based line number in the input file
     custom_id: str
     body: ChatCompletionRequest
+    raw: str  # the line as given: what the runner stores and replays
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,4 +111,4 @@ def _check_line(number: int, raw: str, seen: dict[str, int],
     if chat.model not in model_ids:
         return LineError(number, "model_not_found", f"model {chat.model!r} is not served here",
                          "body.model")
-    return BatchLine(number, custom_id, chat)
+    return BatchLine(number, custom_id, chat, raw)
