@@ -80,10 +80,6 @@ class S3ObjectStore:
             multipart_chunksize=config.multipart_chunk_mib * 2**20, use_threads=True,
             max_concurrency=4)
 
-    def for_bucket(self, bucket: str) -> S3ObjectStore:
-        """The same endpoint and credentials, another bucket (for s3:// image sources)."""
-        return S3ObjectStore(self._config, bucket=bucket)
-
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
