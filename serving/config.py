@@ -185,6 +185,20 @@ class DeploymentConfig(StrictModel):
                                   "for the inner hops.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig,
                                            description="Replica bounds and autoscaling policy.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per replica. On Kubernetes the chart has the CPU "
+                    "worker group advertise `qvq-cpu-worker`, and the CPU deployments ask for a "
+                    "sliver of it, so they never take the CPUs of GPU pods.")
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray actor options of one replica (CPUs, memory, custom resources)."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.memory_gib:
+            options["memory"] = int(self.memory_gib * 2**30)
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
 
 
 class GeneratorDeploymentConfig(DeploymentConfig):
@@ -354,6 +368,9 @@ class BatchConfig(StrictModel):
     poll_interval_s: float = Field(default=2.0, gt=0,
                                    description="How often the runner looks for new jobs.")
     num_cpus: float = Field(default=0.25, ge=0, description="Ray CPUs of the runner replica.")
+    resources: dict[str, float] = Field(default_factory=dict,
+                                        description="Ray custom resources of the runner replica "
+                                                    "(see deployments.router.resources).")
 
 
 class ServerConfig(StrictModel):

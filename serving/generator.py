@@ -119,10 +119,8 @@ class QVQGenerator:
 def generator_deployment(config: ServingConfig) -> serve.Deployment:
     dep = config.deployments.generator
     tp = config.model.tensor_parallel_size
-    actor_options: dict = {"num_cpus": dep.num_cpus,
+    actor_options: dict = {**dep.actor_options(),
                            "runtime_env": {"env_vars": engine_env(config)}}
-    if dep.memory_gib:
-        actor_options["memory"] = int(dep.memory_gib * 2**30)
     if dep.accelerator_type:
         actor_options["accelerator_type"] = dep.accelerator_type
     options: dict = {}
@@ -130,7 +128,11 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
         # The replica itself holds bundle 0 (CPU only); vLLM's TP workers take the GPU bundles.
         # STRICT_PACK keeps a replica's GPUs on one node, where NVLink joins them.
         worker = {"GPU": dep.num_gpus_per_worker, "CPU": 1}
-        options["placement_group_bundles"] = [{"CPU": dep.num_cpus}] + [worker] * tp
+        # The replica's custom resources must fit in its own bundle.
+        replica = {"CPU": dep.num_cpus, **dep.resources}
+        if "memory" in actor_options:
+            replica["memory"] = actor_options["memory"]
+        options["placement_group_bundles"] = [replica] + [worker] * tp
         options["placement_group_strategy"] = "STRICT_PACK"
     else:
         actor_options["num_gpus"] = dep.num_gpus_per_worker

@@ -290,12 +290,9 @@ class ImagePreprocessor:
 
 def preprocessor_deployment(config: ServingConfig) -> serve.Deployment:
     dep = config.deployments.preprocessor
-    actor_options: dict = {"num_cpus": dep.num_cpus}
-    if dep.memory_gib:
-        actor_options["memory"] = int(dep.memory_gib * 2**30)
     return serve.deployment(
         ImagePreprocessor, name="ImagePreprocessor",
-        ray_actor_options=actor_options,
+        ray_actor_options=dep.actor_options(),
         max_ongoing_requests=dep.max_ongoing_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
         logging_config={"enable_access_log": bool(dep.access_log)},

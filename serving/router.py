@@ -470,7 +470,7 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
     dep = config.deployments.router
     return serve.deployment(
         Router, name="Router",
-        ray_actor_options={"num_cpus": dep.num_cpus},
+        ray_actor_options=dep.actor_options(),
         max_ongoing_requests=dep.max_ongoing_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
         logging_config={"enable_access_log": dep.access_log is not False},

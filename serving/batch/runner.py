@@ -261,7 +261,9 @@ class BatchRunner:
 def runner_deployment(config: ServingConfig) -> serve.Deployment:
     return serve.deployment(
         BatchRunner, name="BatchRunner", num_replicas=1,
-        ray_actor_options={"num_cpus": config.batch.num_cpus},
+        ray_actor_options={"num_cpus": config.batch.num_cpus,
+                           **({"resources": dict(config.batch.resources)}
+                              if config.batch.resources else {})},
         max_ongoing_requests=64, health_check_period_s=2,
     )
 

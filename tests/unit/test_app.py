@@ -71,3 +71,24 @@ def test_access_logs_on_the_router_only_by_default():
     assert router_deployment(config).logging_config["enable_access_log"] is True
     assert generator_deployment(config).logging_config["enable_access_log"] is False
     assert preprocessor_deployment(config).logging_config["enable_access_log"] is False
+
+
+def test_custom_resources_pin_replicas_and_fit_the_replica_bundle(qvq72b):
+    pinned = {"resources": {"qvq-cpu-worker": 0.01}}
+    data = qvq72b.model_dump(mode="json")
+    data["deployments"]["preprocessor"].update(pinned)
+    data["deployments"]["generator"].update({"resources": {"qvq-gpu-worker": 1},
+                                             "memory_gib": 8})
+    data["batch"] = {"resources": {"qvq-cpu-worker": 0.01}}
+    from serving.batch.runner import runner_deployment
+    from serving.config import config_from_dict
+
+    config = config_from_dict(data, environ={})
+    pre = preprocessor_deployment(config)._replica_config.ray_actor_options
+    assert pre["resources"] == {"qvq-cpu-worker": 0.01}
+    gen = generator_deployment(config)._replica_config
+    assert gen.ray_actor_options["resources"] == {"qvq-gpu-worker": 1}
+    assert gen.placement_group_bundles[0] == {"CPU": 4.0, "qvq-gpu-worker": 1,
+                                              "memory": 8 * 2**30}
+    runner = runner_deployment(config)._replica_config.ray_actor_options
+    assert runner["resources"] == {"qvq-cpu-worker": 0.01}
