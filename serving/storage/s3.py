@@ -26,9 +26,12 @@ from serving.storage.base import ObjectInfo, ObjectNotFound, PresignedRequest
 
 logger = logging.getLogger("qvq.storage")
 
-_UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
-                ConnectionClosedError)
+UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+               ConnectionClosedError)
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+# Codes with which S3-compatible servers reject a key id or secret.
+REJECTED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+NO_BUCKET_CODES = {"404", "NoSuchBucket", "NotFound"}
 
 
 def storage_unavailable(detail: str = "") -> ServiceUnavailableError:
@@ -60,21 +63,30 @@ def _credentials(config: S3Config) -> dict[str, str]:
     return creds
 
 
+def make_client(config: S3Config, *, max_pool_connections: int = 10):
+    """A boto3 S3 client for ``config`` (endpoint, addressing, timeouts, retries, credentials).
+
+    Its own session, so threads and processes never share boto3's default session. Raise
+    ``max_pool_connections`` to at least the number of threads that use the client at once.
+    """
+    boto_config = BotoConfig(
+        region_name=config.region,
+        connect_timeout=config.connect_timeout_s, read_timeout=config.read_timeout_s,
+        retries={"max_attempts": config.max_attempts, "mode": "standard"},
+        s3={"addressing_style": "path" if config.path_style else "auto"},
+        signature_version="s3v4", max_pool_connections=max_pool_connections,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=config.endpoint_url, config=boto_config, **_credentials(config))
+
+
 class S3ObjectStore:
     name = "s3"
 
     def __init__(self, config: S3Config, *, bucket: str | None = None):
         self._config = config
         self.bucket = bucket or config.bucket
-        boto_config = BotoConfig(
-            region_name=config.region,
-            connect_timeout=config.connect_timeout_s, read_timeout=config.read_timeout_s,
-            retries={"max_attempts": config.max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path" if config.path_style else "auto"},
-            signature_version="s3v4",
-        )
-        self._client = boto3.session.Session().client(
-            "s3", endpoint_url=config.endpoint_url, config=boto_config, **_credentials(config))
+        self._client = make_client(config)
         self._transfer = TransferConfig(
             multipart_threshold=config.multipart_threshold_mib * 2**20,
             multipart_chunksize=config.multipart_chunk_mib * 2**20, use_threads=True,
@@ -92,7 +104,7 @@ class S3ObjectStore:
                 f"The object store refused the request ({code}); nothing was stored. Retry "
                 "shortly; if it persists the operator should check the storage settings.",
                 code="storage_unavailable") from None
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             logger.warning("object store unreachable: %r", exc)
             raise storage_unavailable() from None
         except S3UploadFailedError as exc:  # multipart/transfer failure: already aborted
@@ -160,10 +172,10 @@ class S3ObjectStore:
             self._call(self._client.head_bucket, Bucket=self.bucket)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code"))
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            if code in REJECTED_CODES:
                 raise ConfigError(f"S3 credentials were rejected for {where} ({code}); check "
                                   "the access key and secret") from None
-            if code in ("404", "NoSuchBucket", "NotFound"):
+            if code in NO_BUCKET_CODES:
                 raise ConfigError(f"S3 {where} does not exist; create it or fix "
                                   "storage.s3.bucket") from None
             raise ConfigError(f"S3 check of {where} failed: {code}") from None
