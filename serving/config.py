@@ -211,16 +211,35 @@ class GeneratorDeploymentConfig(DeploymentConfig):
                                          description="Ray accelerator type, e.g. H100.")
 
 
+# Per-role defaults that differ from DeploymentConfig's; a partial section in YAML keeps them.
+_ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "router": {"num_cpus": 0.5, "max_ongoing_requests": 512},
+    "preprocessor": {"num_cpus": 1.0, "max_ongoing_requests": 16},
+    "generator": {"max_ongoing_requests": 256},
+}
+
+
 class DeploymentsConfig(StrictModel):
     router: DeploymentConfig = Field(
-        default_factory=lambda: DeploymentConfig(num_cpus=0.5, max_ongoing_requests=512),
-        description="HTTP ingress/router replicas.")
+        default_factory=lambda: DeploymentConfig(**_ROLE_DEFAULTS["router"]),
+        description="HTTP ingress/router replicas (default 0.5 CPU, 512 ongoing requests).")
     preprocessor: DeploymentConfig = Field(
-        default_factory=lambda: DeploymentConfig(num_cpus=1.0, max_ongoing_requests=16),
-        description="CPU image preprocessing replicas.")
+        default_factory=lambda: DeploymentConfig(**_ROLE_DEFAULTS["preprocessor"]),
+        description="CPU image preprocessing replicas (default 1 CPU, 16 ongoing requests).")
     generator: GeneratorDeploymentConfig = Field(
-        default_factory=lambda: GeneratorDeploymentConfig(max_ongoing_requests=256),
-        description="vLLM generator replicas (one engine each).")
+        default_factory=lambda: GeneratorDeploymentConfig(**_ROLE_DEFAULTS["generator"]),
+        description="vLLM generator replicas, one engine each (default 256 ongoing requests).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_role_defaults(cls, data: Any) -> Any:
+        """`router: {num_cpus: 1}` changes the CPUs, not the router's other defaults."""
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for role, defaults in _ROLE_DEFAULTS.items():
+                if isinstance(data.get(role), Mapping):
+                    data[role] = {**defaults, **data[role]}
+        return data
 
 
 class ApiKeyHash(StrictModel):

@@ -82,3 +82,20 @@ def test_api_keys_from_hashes_env_and_file(tmp_path):
     assert by_id[f"key-{hash_api_key('sk-anon')[:8]}"] == hash_api_key("sk-anon")
     assert hash_api_key("sk-file-b") in by_id.values()
     assert all("sk-" not in k.sha256 for k in keys)
+
+
+def test_partial_deployment_sections_keep_the_role_defaults():
+    from serving.config import config_from_dict
+
+    config = config_from_dict({"model": {"path": "/m"},
+                               "deployments": {"router": {"num_cpus": 2},
+                                               "preprocessor": {"max_ongoing_requests": 4},
+                                               "generator": {"num_cpus": 3}}}, environ={})
+    assert (config.deployments.router.num_cpus,
+            config.deployments.router.max_ongoing_requests) == (2, 512)
+    assert (config.deployments.preprocessor.num_cpus,
+            config.deployments.preprocessor.max_ongoing_requests) == (1.0, 4)
+    assert config.deployments.generator.max_ongoing_requests == 256
+    # a dumped config loads back to itself
+    again = config_from_dict(config.model_dump(mode="json"), environ={})
+    assert again == config
