@@ -13,10 +13,13 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 class BatchClient:
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float = 300):
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float = 300, *,
+                 transport: httpx.BaseTransport | None = None):
+        """``transport`` replaces the network (kubectl-qvq sends through the API server's
+        service proxy with it; tests can pass ``httpx.MockTransport``)."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
-                                  timeout=timeout_s)
+                                  timeout=timeout_s, transport=transport)
 
     def _check(self, resp: httpx.Response) -> Any:
         if resp.status_code >= 400:
@@ -35,6 +38,9 @@ class BatchClient:
         return self._check(self._http.post("/batches", json={
             "input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions",
             "completion_window": "24h", "metadata": metadata}))
+
+    def models(self) -> dict:
+        return self._check(self._http.get("/models"))
 
     def status(self, batch_id: str) -> dict:
         return self._check(self._http.get(f"/batches/{batch_id}"))

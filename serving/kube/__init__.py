@@ -1,0 +1,1 @@
+"""kubectl-qvq: operate a qvq-serving RayService on Kubernetes (the kubectl plugin)."""
