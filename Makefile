@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TINY_DIR := .qvq/models/tiny-qwen2vl
 CONFIG ?= configs/local-cpu.yaml
 
-.PHONY: setup install model run test test-unit test-integration bench lint clean
+.PHONY: setup install model run test test-unit test-integration test-k8s k8s-generate bench lint clean
 
 setup: install model
 
@@ -26,11 +26,18 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest tests/integration
 
+test-k8s: install
+	$(PY) -m pytest tests/k8s
+
+k8s-generate: install
+	$(VENV)/bin/qvq k8s generate
+
 bench: setup
 	$(PY) -m loadtest.bench_e2e
 
 lint: install
 	$(VENV)/bin/ruff check serving tests loadtest scripts
+	$(VENV)/bin/qvq k8s check
 
 clean:
 	rm -rf .qvq/cache .pytest_cache

@@ -95,6 +95,18 @@ def _build_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from serving.models.download import S3Location, download_prefix, s3_config_for
+
+    source = S3Location.parse(args.source)
+    config = s3_config_for(source, endpoint_url=args.endpoint_url, region=args.region,
+                           credentials_file=args.credentials_file, profile=args.profile,
+                           path_style=args.path_style, multipart_threshold_mib=args.part_mib,
+                           multipart_chunk_mib=args.part_mib)
+    print(download_prefix(source, args.dest, config, workers=args.workers).summary(), flush=True)
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     for path in args.files:
         config = load_config(path)
@@ -158,6 +170,46 @@ def _batch_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_run(args: argparse.Namespace) -> int:
+    from serving.batch.job import run_batch_job
+
+    config = load_config(args.config)
+    address = None if args.address == "local" else args.address
+    batch = run_batch_job(config, args.input, args.owner, address=address, port=args.port)
+    print(json.dumps({k: batch[k] for k in ("id", "status", "request_counts",
+                                            "output_file_id", "error_file_id")}))
+    return 0 if batch["status"] == "completed" else 1
+
+
+def _k8s_generate(args: argparse.Namespace) -> int:
+    from serving.kube import chart, kustomize
+
+    (chart.CHART_DIR / "values.schema.json").write_text(chart.schema_text())
+    print(chart.CHART_DIR / "values.schema.json")
+    readme = chart.CHART_DIR / "README.md"
+    readme.write_text(chart.readme_with_table(readme.read_text()))
+    print(readme)
+    for rel in kustomize.write():
+        print(kustomize.K8S_DIR / rel)
+    return 0
+
+
+def _k8s_check(args: argparse.Namespace) -> int:
+    from serving.kube import chart, kustomize
+
+    stale = kustomize.drift()
+    if (chart.CHART_DIR / "values.schema.json").read_text() != chart.schema_text():
+        stale.insert(0, "helm/qvq-serving/values.schema.json")
+    readme = (chart.CHART_DIR / "README.md").read_text()
+    if readme != chart.readme_with_table(readme):
+        stale.insert(0, "helm/qvq-serving/README.md (values table)")
+    for rel in stale:
+        print(f"out of date: {rel}", file=sys.stderr)
+    if stale:
+        print("run `qvq k8s generate`", file=sys.stderr)
+    return 1 if stale else 0
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     raw = args.key if args.key is not None else getpass.getpass("API key: ")
     print(json.dumps({"id": args.id, "sha256": hash_api_key(raw)}))
@@ -179,6 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_TINY_DIR)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_build_tiny)
+    p = model.add_parser("download", help="copy a checkpoint from S3 to a local directory "
+                                          "(resumable; a pod's init step)")
+    p.add_argument("--source", required=True, help="s3://BUCKET/PREFIX of the checkpoint")
+    p.add_argument("--dest", required=True, help="local directory (created if missing)")
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3-compatible endpoint (default: AWS S3, or AWS_ENDPOINT_URL)")
+    p.add_argument("--region", default=os.environ.get("AWS_REGION")
+                   or os.environ.get("AWS_DEFAULT_REGION"), help="signing region")
+    p.add_argument("--credentials-file", default=None,
+                   help="AWS shared-credentials file (default: env, profile, pod identity)")
+    p.add_argument("--profile", default=None, help="section of --credentials-file")
+    p.add_argument("--path-style", action=argparse.BooleanOptionalAction, default=None,
+                   help="path-style addressing (default on; off for virtual-hosted AWS)")
+    p.add_argument("--workers", type=int, default=8,
+                   help="parallel ranged GETs per file (up to 4 files at once)")
+    p.add_argument("--part-mib", type=int, default=None,
+                   help="part size of ranged GETs, MiB (>= 5; default 16)")
+    p.set_defaults(func=_download)
 
     cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="config_cmd",
                                                                        required=True)
@@ -213,6 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch_id")
     p.add_argument("-o", "--output", default=".")
     p.set_defaults(func=_batch_download)
+
+    p = batch.add_parser("run", help="deploy the app on this Ray cluster, run one batch file "
+                                     "through it and exit (the chart's RayJob entrypoint)")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--input", required=True, help="JSONL file: s3://bucket/key or a path")
+    p.add_argument("--owner", default="batch", help="key id that owns the job and its files")
+    p.add_argument("--address", default="auto",
+                   help="Ray cluster to join ('auto': the one this runs in; 'local': start one)")
+    p.add_argument("--port", type=int, default=8000, help="Serve HTTP port on this node")
+    p.set_defaults(func=_batch_run)
+
+    k8s = sub.add_parser("k8s", help="Helm chart and kustomize manifests").add_subparsers(
+        dest="k8s_cmd", required=True)
+    p = k8s.add_parser("generate", help="rewrite values.schema.json and k8s/ from the chart "
+                                        "and the config model")
+    p.set_defaults(func=_k8s_generate)
+    p = k8s.add_parser("check", help="exit 1 when values.schema.json or k8s/ is out of date")
+    p.set_defaults(func=_k8s_check)
 
     auth = sub.add_parser("auth", help="API keys").add_subparsers(dest="auth_cmd", required=True)
     p = auth.add_parser("hash-key", help="print the config entry (id, sha256) for a key")
