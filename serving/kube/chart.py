@@ -197,6 +197,7 @@ def values_schema() -> dict[str, Any]:
             "input": {"type": "string", "pattern": r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}/.+"},
             "owner": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
             "maxConcurrency": {"type": "integer", "minimum": 1},
+            "submissionMode": {"enum": ["SidecarMode", "K8sJobMode", "HTTPMode"]},
             "activeDeadlineSeconds": {"type": "integer", "minimum": 60},
             "ttlSecondsAfterFinished": _COUNT,
             "cpuWorkers": {"type": "integer", "minimum": 1},
