@@ -95,6 +95,18 @@ def _build_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_random(args: argparse.Namespace) -> int:
+    from serving.models import shapes, tiny
+
+    if args.no_weights and args.shape == "tiny":
+        raise ConfigError("--no-weights is for the real shapes (tiny builds in seconds)")
+    out = shapes.build_random(args.out or f".qvq/models/{args.shape}-random", args.shape,
+                              seed=args.seed, weights=not args.no_weights)
+    marker = out / (tiny.MARKER if args.shape == "tiny" else shapes.MARKER)
+    print(f"{out}\n{marker.read_text()}", flush=True)
+    return 0
+
+
 def _download(args: argparse.Namespace) -> int:
     from serving.models.download import S3Location, download_prefix, s3_config_for
 
@@ -217,6 +229,8 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from serving.models.shapes import SHAPE_NAMES  # light: no torch/transformers at import
+
     parser = argparse.ArgumentParser(prog="qvq",
                                      description="Serve QVQ-72B-Preview on Ray Serve.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_TINY_DIR)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_build_tiny)
+    p = model.add_parser("build-random",
+                         help="build a random-weight Qwen2-VL offline: tiny, or the real "
+                              "Qwen2-VL-2B/7B-Instruct shapes (bf16 safetensors shards)")
+    p.add_argument("--shape", choices=SHAPE_NAMES, required=True)
+    p.add_argument("--out", default=None, help="directory (default .qvq/models/SHAPE-random); "
+                                               "a complete build of the same shape is kept")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-weights", action="store_true",
+                   help="configs, tokenizer and processor only (seconds; for dry runs)")
+    p.set_defaults(func=_build_random)
     p = model.add_parser("download", help="copy a checkpoint from S3 to a local directory "
                                           "(resumable; a pod's init step)")
     p.add_argument("--source", required=True, help="s3://BUCKET/PREFIX of the checkpoint")

@@ -50,7 +50,8 @@ _WORDS = (
 MARKER = "qvq-tiny.json"
 
 
-def _train_tokenizer(seed: int):
+def train_bpe(seed: int):
+    """A byte-level BPE (no special tokens yet) trained on a small synthetic corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     rng = random.Random(seed)
@@ -63,8 +64,45 @@ def _train_tokenizer(seed: int):
     trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus, trainer)
+    return tokenizer
+
+
+def _train_tokenizer(seed: int):
+    tokenizer = train_bpe(seed)
     tokenizer.add_special_tokens(SPECIAL_TOKENS)  # after the BPE vocab, as in Qwen2
     return tokenizer
+
+
+def hf_tokenizer(tokenizer_object):
+    """The transformers tokenizer of a Qwen2-VL checkpoint around a `tokenizers` object."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
+        additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=32768,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+
+
+def save_tokenizer_and_processors(out: pathlib.Path, tokenizer, *, min_pixels: int,
+                                  max_pixels: int) -> None:
+    """Tokenizer, chat template and image/video processor configs, so that
+    ``AutoProcessor.from_pretrained(out)`` works offline."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    geometry = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
+                    temporal_patch_size=2, merge_size=2)
+    image_processor = Qwen2VLImageProcessorPil(**geometry)
+    video_processor = Qwen2VLVideoProcessor(**geometry)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor,
+                                 chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    video_processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE)
 
 
 def build_tiny_qwen2vl(out_dir: str | pathlib.Path, *, seed: int = 0,
@@ -75,24 +113,12 @@ def build_tiny_qwen2vl(out_dir: str | pathlib.Path, *, seed: int = 0,
     if (out / MARKER).exists():
         return out
     import torch
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(seed),
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
-        additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=32768,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    )
-    ids = {t: hf_tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab_size = (len(hf_tokenizer) + 63) // 64 * 64
+    tokenizer = hf_tokenizer(_train_tokenizer(seed))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = (len(tokenizer) + 63) // 64 * 64  # every token id < vocab_size
 
     hidden, heads, kv_heads = 128, 2, 1  # head_dim 64: supported by vLLM's CPU attention
     head_dim = hidden // heads
@@ -122,18 +148,7 @@ def build_tiny_qwen2vl(out_dir: str | pathlib.Path, *, seed: int = 0,
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    geometry = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
-                    temporal_patch_size=2, merge_size=2)
-    image_processor = Qwen2VLImageProcessorPil(**geometry)
-    video_processor = Qwen2VLVideoProcessor(**geometry)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=hf_tokenizer,
-                                 video_processor=video_processor,
-                                 chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    processor.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    video_processor.save_pretrained(tmp)
-    hf_tokenizer.save_pretrained(tmp)
-    (tmp / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE)
+    save_tokenizer_and_processors(tmp, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
     params = sum(p.numel() for p in model.parameters())
     (tmp / MARKER).write_text(json.dumps({"params": params, "vocab_size": vocab_size,
                                           "special_token_ids": ids, "seed": seed}, indent=1))
