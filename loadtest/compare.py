@@ -1,0 +1,243 @@
+"""Comparative benchmark: our app vs bare vLLM (and Ray Serve LLM where it runs), same machine,
+same model, same requests, same open-loop load.
+
+    python -m loadtest.compare [--servers ours,bare] [--rates 2,4,8] [--concurrency 4,16]
+                               [--scenarios text,photo-1024,photo-2048x1536,photo-4000x3000]
+
+Each server is started in turn on 127.0.0.1 with the engine settings of one config file. For
+every scenario (text only, or one distinct photo-like JPEG per request as a data URL) it runs
+open-loop Poisson load at each rate (``--duration-s`` of arrivals) and closed-loop load at each
+concurrency, all streamed, and records req/s, output tok/s, TTFT and latency p50/p99, CPU
+seconds per request of the server's whole process tree (and outside vLLM's engine processes),
+and errors. Writes ``loadtest/results/compare-<stamp>.json`` (with machine facts) and PNG plots
+next to it: throughput vs concurrency, latency CDF at the highest rate, TTFT vs rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import pathlib
+import time
+
+from loadtest import loadgen
+from loadtest.bench_e2e import machine_facts
+from loadtest.photos import photo_jpeg
+from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
+
+SCENARIOS = {"text": None, "photo-1024": (1024, 1024), "photo-2048x1536": (2048, 1536),
+             "photo-4000x3000": (4000, 3000)}
+PROMPT = "Describe what you see, step by step."
+
+
+def payloads(scenario: str, n: int, seed0: int, model: str, max_tokens: int,
+             cache: pathlib.Path) -> list[dict]:
+    """``n`` requests; photos are distinct per request (seeded), so no side answers from an
+    image cache filled by an earlier point."""
+    size = SCENARIOS[scenario]
+    out = []
+    for i in range(n):
+        content: list[dict] = [{"type": "text", "text": PROMPT}]
+        if size:
+            jpeg = photo_jpeg(*size, seed=seed0 + i, cache_dir=cache)
+            content.insert(0, {"type": "image_url", "image_url": {
+                "url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}})
+        out.append({"model": model, "max_tokens": max_tokens, "temperature": 0.0,
+                    "messages": [{"role": "user", "content": content}]})
+    return out
+
+
+def prepare_photos(points: list[dict], cache: pathlib.Path) -> None:
+    """Generate every photo the points need, on all cores, before any server starts."""
+    import concurrent.futures
+    import os
+
+    jobs = [(*SCENARIOS[p["scenario"]], p["seed"] + i) for p in points
+            if SCENARIOS[p["scenario"]] for i in range(p["n"])]
+    with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(_photo, jobs, [cache] * len(jobs), chunksize=8))
+
+
+def _photo(job: tuple[int, int, int], cache: pathlib.Path) -> None:
+    width, height, seed = job
+    photo_jpeg(width, height, seed=seed, cache_dir=cache)
+
+
+def plan(args) -> list[dict]:
+    """The measurement points, in order; each gets its own seeds."""
+    points, seed = [], 10_000
+    for scenario in args.scenarios:
+        for rate in args.rates:
+            n = max(4, round(rate * args.duration_s))
+            points.append({"scenario": scenario, "mode": "open", "rate": rate, "n": n,
+                           "seed": seed})
+            seed += n
+        for conc in args.concurrency:
+            n = conc * args.per_worker
+            points.append({"scenario": scenario, "mode": "closed", "concurrency": conc, "n": n,
+                           "seed": seed})
+            seed += n
+    return points
+
+
+def run_point(server: ManagedServer, point: dict, args, cache: pathlib.Path) -> dict:
+    bodies = loadgen.encode(payloads(point["scenario"], point["n"], point["seed"],
+                                     server.model_id, args.max_tokens, cache))
+    total0, engine0 = server.cpu_seconds()
+    if point["mode"] == "open":
+        result = asyncio.run(loadgen.open_loop(server.base, bodies, point["rate"],
+                                               args.max_in_flight, seed=point["seed"]))
+    else:
+        result = asyncio.run(loadgen.closed_loop(server.base, bodies, point["concurrency"]))
+    total1, engine1 = server.cpu_seconds()
+    summary = loadgen.summarize(result)
+    n = max(summary["requests"], 1)
+    summary["cpu_s_per_req"] = round((total1 - total0) / n, 4)
+    summary["cpu_s_per_req_outside_engine"] = round(
+        ((total1 - engine1) - (total0 - engine0)) / n, 4)
+    return {"server": server.name, **{k: v for k, v in point.items() if k != "seed"},
+            **summary}
+
+
+def warm_up(server: ManagedServer, cache: pathlib.Path) -> None:
+    """First requests pay one-off costs (shape compilation, caches) on every server."""
+    for scenario, n in (("text", 4), ("photo-1024", 4)):
+        bodies = loadgen.encode(payloads(scenario, n, 1, server.model_id, 8, cache))
+        asyncio.run(loadgen.closed_loop(server.base, bodies, 4))
+
+
+def make_servers(names: list[str], model_dir: pathlib.Path, work: pathlib.Path,
+                 config: pathlib.Path) -> dict:
+    from loadtest import rayllm_server
+
+    factories = {"ours": lambda: ours(model_dir, work, config),
+                 "bare": lambda: bare_vllm(model_dir, work, config),
+                 "rayllm": lambda: rayllm_server.managed(model_dir, work, config)}
+    return {name: factories[name] for name in names}
+
+
+def ratios(results: list[dict], baseline: str = "bare-vllm") -> list[dict]:
+    """ours / baseline for every point both measured."""
+    def key(r):
+        return (r["scenario"], r["mode"], r.get("rate"), r.get("concurrency"))
+
+    base = {key(r): r for r in results if r["server"] == baseline}
+    out = []
+    for r in results:
+        b = base.get(key(r))
+        if r["server"] != "ours" or not b:
+            continue
+        row = {"scenario": r["scenario"], "mode": r["mode"], "rate": r.get("rate"),
+               "concurrency": r.get("concurrency"), "vs": baseline}
+        for metric in ("req_per_s", "output_tok_per_s", "latency_p50_ms", "latency_p99_ms",
+                       "ttft_p50_ms", "ttft_p99_ms", "cpu_s_per_req"):
+            row[metric] = round(r[metric] / b[metric], 3) if b[metric] else None
+        row["errors"] = (r["errors"], b["errors"])
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    def csv(kind):
+        return lambda text: [kind(x) for x in text.split(",") if x]
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
+    parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+    parser.add_argument("--servers", type=csv(str), default=["ours", "bare"],
+                        help="ours, bare (vLLM's OpenAI server), rayllm (Ray Serve LLM)")
+    parser.add_argument("--scenarios", type=csv(str), default=list(SCENARIOS))
+    parser.add_argument("--rates", type=csv(float), default=[2.0, 4.0, 8.0],
+                        help="open-loop arrival rates, requests per second")
+    parser.add_argument("--concurrency", type=csv(int), default=[4, 16],
+                        help="closed-loop concurrencies")
+    parser.add_argument("--duration-s", type=float, default=15.0,
+                        help="arrivals per open-loop point = rate x duration")
+    parser.add_argument("--per-worker", type=int, default=3,
+                        help="requests per closed-loop worker")
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--out", default=None, help="JSON path (plots go beside it)")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(SCENARIOS)}")
+
+    from serving.models.tiny import MARKER, build_tiny_qwen2vl
+
+    model_dir = pathlib.Path(args.model_dir)
+    if not (model_dir / MARKER).exists() and not (model_dir / "config.json").exists():
+        model_dir = build_tiny_qwen2vl(model_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = ROOT / ".qvq" / "bench" / f"compare-{stamp}"
+    cache = ROOT / ".qvq" / "bench" / "photos"
+    points = plan(args)
+    print(f"{len(points)} points per server; preparing photos ...", flush=True)
+    prepare_photos(points, cache)
+
+    results: list[dict] = []
+    startup: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    out = (pathlib.Path(args.out) if args.out
+           else ROOT / "loadtest" / "results" / f"compare-{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def report() -> dict:
+        return {"benchmark": "compare", "timestamp": stamp, "machine": machine_facts(),
+                "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+                "model": "tiny random-weight Qwen2-VL" if "tiny" in str(model_dir)
+                else str(model_dir),
+                "startup_s": startup, "unavailable": unavailable,
+                "results": results,
+                "ratios": ratios(results) + ratios(results, baseline="ray-serve-llm")}
+    for name, make in make_servers(args.servers, model_dir, work,
+                                   pathlib.Path(args.config)).items():
+        try:
+            server = make()
+        except RuntimeError as exc:  # e.g. Ray Serve LLM's extras not installable here
+            unavailable[name] = str(exc)
+            print(f"skipping {name}: {exc}", flush=True)
+            continue
+        print(f"starting {server.name} ...", flush=True)
+        try:
+            startup[server.name] = round(server.start("/v1/models"), 1)
+            warm_up(server, cache)
+            for point in points:
+                row = run_point(server, point, args, cache)
+                results.append(row)
+                out.write_text(json.dumps(report(), indent=2))  # a cut-off run keeps its points
+                where = (f"rate {row['rate']:g}/s" if row["mode"] == "open"
+                         else f"c={row['concurrency']}")
+                print(f"  {server.name:10s} {row['scenario']:16s} {where:11s} "
+                      f"{row['req_per_s']:7.2f} req/s {row['output_tok_per_s']:8.1f} tok/s  "
+                      f"TTFT p50 {row['ttft_p50_ms']:8.1f}  lat p50 {row['latency_p50_ms']:8.1f}"
+                      f" p99 {row['latency_p99_ms']:8.1f} ms  cpu {row['cpu_s_per_req']:.3f}"
+                      f" s/req  errors {row['errors']}", flush=True)
+        except RuntimeError as exc:
+            unavailable[name] = str(exc)
+            print(f"{name} failed: {exc}", flush=True)
+        finally:
+            server.stop()
+
+    final = report()
+    if not args.no_plots and results:
+        from loadtest import plots
+
+        final["plots"] = [str(p.relative_to(out.parent)) for p in plots.draw(final, out)]
+    out.write_text(json.dumps(final, indent=2))
+    for row in final["ratios"]:
+        where = (f"rate {row['rate']:g}/s" if row["mode"] == "open"
+                 else f"c={row['concurrency']}")
+        print(f"ours/{row['vs']} {row['scenario']:16s} {where:11s} req/s {row['req_per_s']}  "
+              f"tok/s {row['output_tok_per_s']}  TTFT p50 {row['ttft_p50_ms']}  "
+              f"lat p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']}  "
+              f"cpu/req {row['cpu_s_per_req']}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Open- and closed-loop HTTP load with streaming, for the comparative benchmarks.
+
+Every request streams (``stream_options.include_usage``), so each sample carries time to first
+token as well as latency and output tokens. Open loop: Poisson arrivals at a fixed rate;
+latency is measured from the *intended* send time, so a server that falls behind is charged
+for the queue it causes (no coordinated omission). ``max_in_flight`` bounds the client, and
+the time an arrival waited for a free slot is recorded as ``client_wait_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Sample:
+    ok: bool
+    latency_s: float
+    ttft_s: float | None
+    output_tokens: int
+    client_wait_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.ok]
+
+    @property
+    def errors(self) -> int:
+        return sum(not s.ok for s in self.samples)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def encode(payloads: list[dict]) -> list[bytes]:
+    """JSON bodies, made before any clock starts (the client shares the server's cores)."""
+    out = []
+    for p in payloads:
+        body = dict(p, stream=True, stream_options={"include_usage": True})
+        out.append(json.dumps(body).encode())
+    return out
+
+
+async def _send(client: httpx.AsyncClient, body: bytes, started: float) -> Sample:
+    """One streamed request; ``started`` is its intended start (perf_counter)."""
+    ttft = None
+    tokens = 0
+    try:
+        async with client.stream("POST", "/v1/chat/completions", content=body,
+                                 headers={"Content-Type": "application/json"}) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")[:200]
+                return Sample(False, time.perf_counter() - started, None, 0,
+                              error=f"HTTP {resp.status_code}: {text}")
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return Sample(False, time.perf_counter() - started, ttft, tokens,
+                                  error=str(chunk["error"])[:200])
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if ttft is None and (delta.get("content") or delta.get("reasoning_content")):
+                        ttft = time.perf_counter() - started
+                if chunk.get("usage"):
+                    tokens = chunk["usage"].get("completion_tokens", 0)
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return Sample(False, time.perf_counter() - started, ttft, tokens,
+                      error=f"{type(exc).__name__}: {exc}"[:200])
+    return Sample(True, time.perf_counter() - started, ttft, tokens)
+
+
+async def closed_loop(base: str, bodies: list[bytes], concurrency: int,
+                      timeout_s: float = 900) -> LoadResult:
+    """``concurrency`` workers; each sends the next body as soon as its last one finished."""
+    result = LoadResult()
+    queue = list(reversed(bodies))
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as client:
+        async def worker():
+            while queue:
+                body = queue.pop()
+                result.samples.append(await _send(client, body, time.perf_counter()))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.wall_s = time.perf_counter() - t0
+    return result
+
+
+async def open_loop(base: str, bodies: list[bytes], rate_per_s: float, max_in_flight: int,
+                    seed: int = 0, timeout_s: float = 900) -> LoadResult:
+    """Poisson arrivals at ``rate_per_s`` for ``len(bodies)`` requests."""
+    result = LoadResult()
+    rng = random.Random(seed)
+    slots = asyncio.Semaphore(max_in_flight)
+    limits = httpx.Limits(max_connections=max_in_flight + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as client:
+        async def one(body: bytes, intended: float):
+            async with slots:
+                waited = time.perf_counter() - intended
+                sample = await _send(client, body, intended)
+            sample.client_wait_s = max(waited, 0.0)
+            result.samples.append(sample)
+
+        t0 = time.perf_counter()
+        at = t0
+        tasks = []
+        for body in bodies:
+            at += rng.expovariate(rate_per_s)
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body, at)))
+        await asyncio.gather(*tasks)
+        result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def summarize(result: LoadResult) -> dict:
+    ok = result.ok
+    lat = [s.latency_s for s in ok]
+    ttft = [s.ttft_s for s in ok if s.ttft_s is not None]
+    tokens = sum(s.output_tokens for s in ok)
+    wall = result.wall_s or float("nan")
+    return {
+        "requests": len(result.samples), "errors": result.errors,
+        "error_examples": sorted({s.error for s in result.samples if s.error})[:3],
+        "wall_s": round(wall, 3),
+        "req_per_s": round(len(ok) / wall, 3),
+        "output_tok_per_s": round(tokens / wall, 2),
+        "latency_p50_ms": round(percentile(lat, 0.5) * 1000, 1),
+        "latency_p99_ms": round(percentile(lat, 0.99) * 1000, 1),
+        "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
+        "ttft_p99_ms": round(percentile(ttft, 0.99) * 1000, 1),
+        "client_wait_p99_ms": round(percentile([s.client_wait_s for s in result.samples],
+                                               0.99) * 1000, 1),
+        "latencies_ms": [round(x * 1000, 1) for x in sorted(lat)],
+    }

@@ -1,0 +1,165 @@
+"""Where the time goes: a py-spy profile of every Python process of our app under load.
+
+    python -m loadtest.profile [--size 4000x3000] [--concurrency 8] [--duration-s 30]
+
+Starts our app (``qvq serve``, local Ray) on 127.0.0.1, warms it up, then samples the whole
+process tree with ``py-spy record --subprocesses --nonblocking`` while a closed loop of photo
+requests runs. Reports, per role (router, preprocessor, generator replica, vLLM engine, Ray
+and Serve internals), the share of samples and the top functions by self time and by time
+inclusive of callees inside ``serving/``. Writes ``loadtest/results/profile-<stamp>.json`` and
+the raw collapsed stacks (``.txt``, loadable by speedscope or flamegraph.pl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from loadtest import loadgen
+from loadtest.bench_e2e import machine_facts
+from loadtest.photos import photo_jpeg
+from loadtest.servers import ROOT, ours
+
+ROLES = (("Router", "router"), ("ImagePreprocessor", "preprocessor"),
+         ("QVQGenerator", "generator replica"), ("BatchRunner", "batch runner"),
+         ("VLLM::EngineCore", "vLLM engine"), ("VLLM::", "vLLM engine"),
+         ("ServeController", "Serve controller"), ("ProxyActor", "Serve proxy"),
+         ("serving.cli", "qvq serve driver"))
+_PROCESS = re.compile(r'^process (\d+):"(.*)"$')
+
+
+def role_of(process_frame: str) -> str:
+    match = _PROCESS.match(process_frame)
+    title = match.group(2) if match else process_frame
+    for needle, role in ROLES:
+        if needle in title:
+            return role
+    return "other Ray processes"
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (file.py)`` with our package paths kept."""
+    match = re.match(r"^(.*) \((.*?):\d+\)$", frame)
+    if not match:
+        return frame
+    func, path = match.groups()
+    if "/serving/" in path:
+        path = "serving/" + path.split("/serving/", 1)[1]
+    else:
+        path = pathlib.Path(path).name
+    return f"{func} ({path})"
+
+
+def summarize(raw_text: str, top: int = 12) -> dict:
+    """Per role: samples and top frames by self time and (ours) inclusive time."""
+    per_role: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    ours_inclusive: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    role_samples: collections.Counter = collections.Counter()
+    idle = collections.Counter()
+    for line in raw_text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        role = role_of(frames[0])
+        role_samples[role] += n
+        leaf = _short(frames[-1]) if len(frames) > 1 else "(no python frame)"
+        if re.search(r"\b(select|poll|epoll|wait|sleep|_run_once|recv|accept)\b", leaf):
+            idle[role] += n
+        per_role[role][leaf] += n
+        for frame in {_short(f) for f in frames[1:] if "/serving/" in f}:
+            ours_inclusive[role][frame] += n
+    total = sum(role_samples.values()) or 1
+    return {
+        "samples": total,
+        "roles": {
+            role: {"share": round(n / total, 4), "samples": n,
+                   "idle_share_of_role": round(idle[role] / n, 3) if n else 0.0,
+                   "top_self": [[f, c] for f, c in per_role[role].most_common(top)],
+                   "top_ours_inclusive": [[f, c] for f, c
+                                          in ours_inclusive[role].most_common(top)]}
+            for role, n in role_samples.most_common()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
+    parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+    parser.add_argument("--size", default="4000x3000")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).with_name("py-spy"))
+    width, height = (int(x) for x in args.size.split("x"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = ROOT / ".qvq" / "bench" / f"profile-{stamp}"
+    cache = ROOT / ".qvq" / "bench" / "photos"
+    out = (pathlib.Path(args.out) if args.out
+           else ROOT / "loadtest" / "results" / f"profile-{stamp}.json")
+    raw_path = out.with_suffix(".txt")
+    n = max(args.concurrency * 4, 64)
+    print(f"preparing {n} photos ...", flush=True)
+    bodies = []
+    for i in range(n):
+        jpeg = photo_jpeg(width, height, seed=70_000 + i, cache_dir=cache)
+        bodies.append({"model": "qvq-72b-preview", "max_tokens": args.max_tokens,
+                       "temperature": 0, "messages": [{"role": "user", "content": [
+                           {"type": "image_url", "image_url": {
+                               "url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}},
+                           {"type": "text", "text": "Describe it step by step."}]}]})
+    encoded = loadgen.encode(bodies)
+
+    server = ours(pathlib.Path(args.model_dir), work, pathlib.Path(args.config))
+    try:
+        server.start("/v1/models")
+        asyncio.run(loadgen.closed_loop(server.base, encoded[:8], 4))  # warm-up
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid),
+                                "--subprocesses", "--nonblocking", "--idle", "--rate",
+                                str(args.rate), "--duration", str(int(args.duration_s)),
+                                "--format", "raw", "--output", str(raw_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)  # py-spy attaches to every process of the tree
+        deadline = time.monotonic() + args.duration_s - 2
+        served = errors = 0
+        while time.monotonic() < deadline:
+            result = asyncio.run(loadgen.closed_loop(server.base, encoded, args.concurrency))
+            served += len(result.samples)
+            errors += result.errors
+        spy_log, _ = spy.communicate(timeout=args.duration_s + 120)
+    finally:
+        server.stop()
+    if not raw_path.exists():
+        print(spy_log)
+        return 1
+    summary = summarize(raw_path.read_text())
+    report = {"benchmark": "profile", "timestamp": stamp, "machine": machine_facts(),
+              "settings": vars(args), "requests": served, "errors": errors,
+              "raw_stacks": raw_path.name, **summary}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for role, info in summary["roles"].items():
+        print(f"{role:22s} {info['share'] * 100:5.1f}% of samples "
+              f"(idle/waiting {info['idle_share_of_role'] * 100:4.1f}%)")
+        for frame, count in info["top_self"][:5]:
+            print(f"    self  {count:6d}  {frame}")
+        for frame, count in info["top_ours_inclusive"][:5]:
+            print(f"    ours  {count:6d}  {frame}")
+    print(f"requests {served}, errors {errors}; wrote {out} and {raw_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
