@@ -3,12 +3,12 @@ replicas per deployment over time from Serve's own status.
 
     python -m loadtest.autoscale [--steps 0.5:20,4:60,8:60,1:40,0:70] [--size 2048x1536]
 
-Runs the app in this process's Ray (as ``qvq serve`` would, with the given config), sends
-open-loop photo requests (distinct photo-like JPEGs, ``max_tokens`` 1, so image preprocessing
-is the load), polls ``serve.status()`` every ``--poll-s``, and reports for each deployment the
-time from a load step to its first scale-up or scale-down, the errors seen while scaling, and
-a plot (offered load, completed req/s, replicas per deployment vs time). Writes
-``loadtest/results/autoscale-<stamp>.json`` and ``.png``.
+Runs the app in this process's Ray (as ``qvq serve`` would, with the given config and its
+image cache off), sends open-loop photo requests (``--photos`` photo-like JPEGs in turn,
+``max_tokens`` 1, so image preprocessing is the load), polls ``serve.status()`` every
+``--poll-s``, and reports for each deployment the time from a load step to its first scale-up
+or scale-down, the errors seen while scaling, and a plot (offered load and replicas per
+deployment vs time). Writes ``loadtest/results/autoscale-<stamp>.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="0.5:20,4:60,8:60,1:40,0:70",
                         help="rate:seconds list (requests/s, open loop)")
     parser.add_argument("--size", default="2048x1536", help="photo size WxH")
+    parser.add_argument("--photos", type=int, default=48,
+                        help="distinct photos, cycled; the app's image cache is turned off so "
+                             "every request is decoded again")
     parser.add_argument("--poll-s", type=float, default=1.0)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--out", default=None)
@@ -153,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     raw["auth"] = {"api_keys_env": None}
     raw["storage"] = {"backend": "local", "local": {"root": str(work / "store")}}
     raw["data_dir"] = str(ROOT / ".qvq")
+    raw["cache"] = {"memory_mib": 0, "store_tier": False}
     config = config_from_dict(raw, source=args.config)
-    total = sum(int(rate * seconds) + 1 for rate, seconds in steps)
-    print(f"preparing {total} photos of {args.size} ...", flush=True)
+    print(f"preparing {args.photos} photos of {args.size} ...", flush=True)
 
     def bodies_for(n: int, seed: int) -> list[bytes]:
         out = []
         for i in range(n):
-            jpeg = photo_jpeg(width, height, seed=seed + i, cache_dir=cache)
+            jpeg = photo_jpeg(width, height, seed=50_000 + (seed + i) % args.photos,
+                              cache_dir=cache)
             out.append({"model": config.model.served_name, "max_tokens": 1, "temperature": 0,
                         "messages": [{"role": "user", "content": [
                             {"type": "image_url", "image_url": {
@@ -169,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                             {"type": "text", "text": "What is this?"}]}]})
         return loadgen.encode(out)
 
-    seed = 50_000
-    for rate, seconds in steps:
-        n = max(1, round(rate * seconds)) if rate > 0 else 0
-        bodies_for(n, seed)  # fills the photo cache before any clock starts
-        seed += n
+    bodies_for(args.photos, 0)  # fills the photo cache before any clock starts
 
     for key, value in engine_env(config).items():
         os.environ.setdefault(key, value)

@@ -361,7 +361,7 @@ def code_version(app: dict) -> str:
 
 GENERATOR_2_5 = {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 5,
                  "target_ongoing_requests": 4.0, "upscale_delay_s": 30.0,
-                 "downscale_delay_s": 900.0}
+                 "downscale_delay_s": 900.0, "look_back_period_s": 30.0}
 
 
 def test_scale_deployment_writes_an_override_and_leaves_args_alone(kube, capsys):
@@ -415,7 +415,7 @@ def test_scale_deployment_again_updates_its_entry_in_place(kube, capsys):
         {"name": "Router", "autoscaling_config": {
             "min_replicas": 1, "initial_replicas": 1, "max_replicas": 6,
             "target_ongoing_requests": 2.0, "upscale_delay_s": 30.0,
-            "downscale_delay_s": 600.0}}]
+            "downscale_delay_s": 600.0, "look_back_period_s": 30.0}}]
     assert app["args"] == serve_args()
     assert "first autoscaling_config override of Router" in err
 
@@ -448,7 +448,8 @@ def test_scale_deployment_starts_from_an_existing_override(kube, capsys):
     assert serve_app_of(emulator)["deployments"] == [{
         "name": "QVQGenerator", "autoscaling_config": {
             "min_replicas": 2, "initial_replicas": 2, "max_replicas": 5,
-            "target_ongoing_requests": 2.0, "upscale_delay_s": 30.0, "downscale_delay_s": 600.0}}]
+            "target_ongoing_requests": 2.0, "upscale_delay_s": 30.0, "downscale_delay_s": 600.0,
+            "look_back_period_s": 30.0}}]
 
 
 def test_scale_deployment_checks_the_whole_serve_config(kube, capsys):
@@ -561,7 +562,7 @@ def test_config_applies_deployment_overrides(kube, capsys):
     data = json.loads(out)
     assert data["deployments"]["generator"]["autoscaling"] == {
         "min_replicas": 2, "max_replicas": 5, "target_ongoing_requests": 4.0,
-        "upscale_delay_s": 30.0, "downscale_delay_s": 900.0}
+        "upscale_delay_s": 30.0, "downscale_delay_s": 900.0, "look_back_period_s": 30.0}
     assert data["deployments"]["router"]["autoscaling"]["max_replicas"] == 4  # from args
     assert err == ("kubectl qvq: note: serveConfigV2 overrides deployment QVQGenerator outside "
                    "args: its autoscaling_config is applied to "

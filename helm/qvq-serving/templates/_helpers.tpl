@@ -404,7 +404,7 @@ an override later would restart every replica once, while changing one does not.
 {{- $out := list -}}
 {{- range $role, $name := dict "router" "Router" "preprocessor" "ImagePreprocessor" "generator" "QVQGenerator" -}}
 {{- $given := (index $deployments $role | default dict).autoscaling | default dict -}}
-{{- $auto := merge (deepCopy $given) (dict "min_replicas" 1 "max_replicas" 1 "target_ongoing_requests" 2.0 "upscale_delay_s" 30.0 "downscale_delay_s" 600.0) -}}
+{{- $auto := merge (deepCopy $given) (dict "min_replicas" 1 "max_replicas" 1 "target_ongoing_requests" 2.0 "upscale_delay_s" 30.0 "downscale_delay_s" 600.0 "look_back_period_s" 30.0) -}}
 {{- $_ := set $auto "initial_replicas" (max (int $auto.min_replicas) 1) -}}
 {{- $out = append $out (dict "name" $name "autoscaling_config" $auto) -}}
 {{- end -}}
