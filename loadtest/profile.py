@@ -2,12 +2,13 @@
 
     python -m loadtest.profile [--size 4000x3000] [--concurrency 8] [--duration-s 30]
 
-Starts our app (``qvq serve``, local Ray) on 127.0.0.1, warms it up, then samples the whole
-process tree with ``py-spy record --subprocesses --nonblocking`` while a closed loop of photo
-requests runs. Reports, per role (router, preprocessor, generator replica, vLLM engine, Ray
-and Serve internals), the share of samples and the top functions by self time and by time
-inclusive of callees inside ``serving/``. Writes ``loadtest/results/profile-<stamp>.json`` and
-the raw collapsed stacks (``.txt``, loadable by speedscope or flamegraph.pl).
+Starts our app (``qvq serve``, local Ray) on 127.0.0.1, warms it up, then samples each
+Python process that does our work (Serve replicas, vLLM's engine and workers, the driver) with
+``py-spy record --nonblocking`` while a closed loop of photo requests runs. Reports, per role
+(router, preprocessor, generator replica, vLLM engine, Serve internals), the share of samples
+and the top functions by self time and by time inclusive of callees inside ``serving/``.
+Writes ``loadtest/results/profile-<stamp>.json`` and the raw collapsed stacks (``.txt``,
+loadable by speedscope or flamegraph.pl).
 """
 
 from __future__ import annotations
@@ -46,25 +47,30 @@ def role_of(process_frame: str) -> str:
     return "other Ray processes"
 
 
+def _is_ours(path: str) -> bool:
+    """py-spy writes paths relative to sys.path entries: ``serving/...`` or ``.../serving/...``."""
+    return path.startswith("serving/") or "/serving/" in path
+
+
 def _short(frame: str) -> str:
     """``func (path/to/file.py:123)`` -> ``func (file.py)`` with our package paths kept."""
     match = re.match(r"^(.*) \((.*?):\d+\)$", frame)
     if not match:
         return frame
     func, path = match.groups()
-    if "/serving/" in path:
-        path = "serving/" + path.split("/serving/", 1)[1]
+    if _is_ours(path):
+        path = "serving/" + path.split("serving/", 1)[1]
     else:
         path = pathlib.Path(path).name
     return f"{func} ({path})"
 
 
 def summarize(raw_text: str, top: int = 12) -> dict:
-    """Per role: samples and top frames by self time and (ours) inclusive time."""
+    """Per role: on-CPU samples (py-spy skips idle threads) and the top frames by self time
+    and, inside ``serving/``, by inclusive time."""
     per_role: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     ours_inclusive: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     role_samples: collections.Counter = collections.Counter()
-    idle = collections.Counter()
     for line in raw_text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -74,21 +80,36 @@ def summarize(raw_text: str, top: int = 12) -> dict:
         role = role_of(frames[0])
         role_samples[role] += n
         leaf = _short(frames[-1]) if len(frames) > 1 else "(no python frame)"
-        if re.search(r"\b(select|poll|epoll|wait|sleep|_run_once|recv|accept)\b", leaf):
-            idle[role] += n
         per_role[role][leaf] += n
-        for frame in {_short(f) for f in frames[1:] if "/serving/" in f}:
+        for frame in {_short(f) for f in frames[1:] if _is_ours(f.rpartition(" (")[2])}:
             ours_inclusive[role][frame] += n
     total = sum(role_samples.values()) or 1
     return {
         "samples": total,
         "roles": {
             role: {"share": round(n / total, 4), "samples": n,
-                   "idle_share_of_role": round(idle[role] / n, 3) if n else 0.0,
                    "top_self": [[f, c] for f, c in per_role[role].most_common(top)],
                    "top_ours_inclusive": [[f, c] for f, c
                                           in ours_inclusive[role].most_common(top)]}
             for role, n in role_samples.most_common()}}
+
+
+def python_processes(root_pid: int) -> dict[int, str]:
+    """pid -> title of the Python processes of the server's tree that do our work: Serve
+    replicas, vLLM's engine and workers, and the driver (Ray's own daemons are left out)."""
+    import psutil
+
+    found = {}
+    root = psutil.Process(root_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            title = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if title.startswith(("ray::ServeReplica", "VLLM::", "ray::ProxyActor",
+                             "ray::ServeController")) or "serving.cli" in title:
+            found[proc.pid] = title[:120]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,24 +147,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start("/v1/models")
         asyncio.run(loadgen.closed_loop(server.base, encoded[:8], 4))  # warm-up
-        spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid),
-                                "--subprocesses", "--nonblocking", "--idle", "--rate",
-                                str(args.rate), "--duration", str(int(args.duration_s)),
-                                "--format", "raw", "--output", str(raw_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2)  # py-spy attaches to every process of the tree
-        deadline = time.monotonic() + args.duration_s - 2
+        targets = python_processes(server.proc.pid)
+        work.mkdir(parents=True, exist_ok=True)
+        spies = {pid: subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate",
+             str(args.rate), "--duration", str(int(args.duration_s)), "--format", "raw",
+             "--output", str(work / f"spy-{pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for pid in targets}
+        time.sleep(1)
+        deadline = time.monotonic() + args.duration_s - 1
         served = errors = 0
         while time.monotonic() < deadline:
             result = asyncio.run(loadgen.closed_loop(server.base, encoded, args.concurrency))
             served += len(result.samples)
             errors += result.errors
-        spy_log, _ = spy.communicate(timeout=args.duration_s + 120)
+        for spy in spies.values():
+            spy.wait(timeout=args.duration_s + 120)
     finally:
         server.stop()
-    if not raw_path.exists():
-        print(spy_log)
+    # one collapsed-stack file, each stack rooted at its process (as --subprocesses writes)
+    lines = []
+    for pid, title in targets.items():
+        path = work / f"spy-{pid}.txt"
+        if path.exists():
+            lines += [f'process {pid}:"{title}";{line}'
+                      for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        print("py-spy recorded nothing (ptrace not permitted?)")
         return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text("\n".join(lines) + "\n")
     summary = summarize(raw_path.read_text())
     report = {"benchmark": "profile", "timestamp": stamp, "machine": machine_facts(),
               "settings": vars(args), "requests": served, "errors": errors,
@@ -151,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for role, info in summary["roles"].items():
-        print(f"{role:22s} {info['share'] * 100:5.1f}% of samples "
-              f"(idle/waiting {info['idle_share_of_role'] * 100:4.1f}%)")
+        print(f"{role:22s} {info['share'] * 100:5.1f}% of on-CPU samples")
         for frame, count in info["top_self"][:5]:
             print(f"    self  {count:6d}  {frame}")
         for frame, count in info["top_ours_inclusive"][:5]:

@@ -157,7 +157,16 @@ def test_profile_summary_groups_samples_by_role():
     out = summarize(raw)
     assert out["samples"] == 100
     pre = out["roles"]["preprocessor"]
-    assert pre["share"] == 0.4 and pre["idle_share_of_role"] == 0.25
+    assert pre["share"] == 0.4 and pre["samples"] == 40
     assert pre["top_self"][0] == ["resize (__init__.py)", 30]
     assert pre["top_ours_inclusive"] == [["_decode (serving/images/decode.py)", 30]]
     assert out["roles"]["vLLM engine"]["share"] == 0.6
+
+
+def test_profile_recognises_our_frames_by_relative_path():
+    from loadtest.profile import summarize
+
+    raw = ('process 7:"ray::ServeReplica:qvq:Router";handle (serving/router.py:10);'
+           'dumps (json/encoder.py:5) 3')
+    out = summarize(raw)
+    assert out["roles"]["router"]["top_ours_inclusive"] == [["handle (serving/router.py)", 3]]

@@ -95,3 +95,30 @@ def test_lru_disabled_with_zero_bytes():
     lru = PreparedImageLRU(0)
     lru.put("k", _img(1, "x"))
     assert lru.get("k") is None
+
+
+def test_list_keys_walks_only_the_prefix_directory(tmp_path, monkeypatch):
+    import pathlib
+
+    from serving.storage.local import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path / "root")
+    for key in ("images/sha256/ab/1", "images/sha256/cd/2", "batches/_active/x/b1",
+                "batches/_active/x/b2", "batches/other", "batchesque/z"):
+        store.put(key, b"d", content_type="application/octet-stream")
+    walked = []
+    real = pathlib.Path.rglob
+
+    def spy(self, pattern):
+        walked.append(self)
+        return real(self, pattern)
+
+    monkeypatch.setattr(pathlib.Path, "rglob", spy)
+    assert store.list_keys("batches/_active/") == ["batches/_active/x/b1",
+                                                    "batches/_active/x/b2"]
+    assert walked == [tmp_path / "root" / "batches" / "_active"]
+    assert store.list_keys("batches") == ["batches/_active/x/b1", "batches/_active/x/b2",
+                                          "batches/other", "batchesque/z"]
+    assert store.list_keys("batches/_active/x/b") == ["batches/_active/x/b1",
+                                                      "batches/_active/x/b2"]
+    assert store.list_keys("nothing/here/") == []
