@@ -235,9 +235,11 @@ def _plot(report: dict, path: pathlib.Path) -> pathlib.Path:
 
     samples = report["samples"]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for step in report["steps"]:
-        top.hlines(step["rate"], step["start_s"], step["start_s"] + step["seconds"],
-                   color="tab:gray")
+    steps = report["steps"]
+    for step, nxt in zip(steps, [*steps[1:], None], strict=True):
+        # a step lasts until the next one began (arrivals can run late on a saturated box)
+        end = nxt["start_s"] if nxt else step["start_s"] + step["seconds"]
+        top.hlines(step["rate"], step["start_s"], end, color="tab:gray")
     top.set(ylabel="offered load (req/s)", title="Autoscaling under stepped photo load")
     names = sorted({n for s in samples for n in s["replicas"]})
     for name in names:
