@@ -18,7 +18,23 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-CRD_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "kuberay" / "crds"
+
+def _crd_dir() -> pathlib.Path:
+    """``shared/kuberay/crds`` beside the checkout (``../shared``), or under $QVQ_SHARED_DIR."""
+    import os
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    candidates = [pathlib.Path(os.environ["QVQ_SHARED_DIR"])] if "QVQ_SHARED_DIR" in os.environ \
+        else []
+    candidates += [root.parent / "shared", root / "shared", pathlib.Path("/work/shared")]
+    for shared in candidates:
+        if (shared / "kuberay" / "crds").is_dir():
+            return shared / "kuberay" / "crds"
+    raise FileNotFoundError("KubeRay CRDs not found: expected ../shared/kuberay/crds beside the "
+                            "checkout (or set QVQ_SHARED_DIR)")
+
+
+CRD_DIR = _crd_dir()
 CRD_KINDS = {"RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml",
              "RayJob": "ray.io_rayjobs.yaml"}
 # Kinds of other operators the chart can render; no schema here to check them against.
