@@ -50,6 +50,11 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
     config["data_dir"] = str(ROOT / ".qvq")
     config["files"] = {"max_file_bytes": 262144}
     config["batch"] = {"chunk_size": 4, "poll_interval_s": 0.5, "max_concurrency": 4}
+    # One preprocessor replica: the cache tests assert which tier answered, and a second
+    # replica (the local config autoscales at 1 request in flight) has its own memory tier.
+    # Scaling itself is measured by loadtest.autoscale.
+    config["deployments"]["preprocessor"]["autoscaling"] = {"min_replicas": 1,
+                                                            "max_replicas": 1}
     config["storage"] = {"backend": "s3", "s3": s3_server.s3_config(bucket="qvq-test"),
                          "allowed_source_buckets": ["qvq-sources"]}
     path = tmp / "config.yaml"
