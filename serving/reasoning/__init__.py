@@ -1,0 +1,1 @@
+"""QVQ's reasoning output: where the step-by-step reasoning ends and the answer begins."""
