@@ -25,7 +25,8 @@ import time
 
 import httpx
 
-from loadtest.bench_e2e import machine_facts, percentile, run_load
+from loadtest.bench_e2e import machine_facts, run_load
+from loadtest.loadgen import percentile
 from loadtest.photos import photo
 from loadtest.servers import ROOT, ours
 

@@ -23,6 +23,7 @@ from importlib import metadata
 
 import httpx
 
+from loadtest.loadgen import percentile
 from loadtest.photos import photo_jpeg
 from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
 
@@ -53,15 +54,6 @@ class Result:
     frontend_cpu_ms_per_req: float
     frontend_cpu_ms_per_req_net_of_idle: float
     completion_tokens: int
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def bodies(scenario: Scenario, model: str, cache, round_: int = 0) -> list[dict]:
