@@ -425,6 +425,83 @@ class RayConfig(StrictModel):
                                                 description="Object store of a local Ray.")
 
 
+class LoopGuardConfig(StrictModel):
+    """Circular-reasoning guard: stops (or flags) output that repeats one span back to back."""
+
+    mode: Literal["off", "detect", "stop"] = Field(
+        default="stop", description="off: no guard; detect: report the loop in the response "
+                                    "and metrics, keep generating; stop: end generation there.")
+    allow_request_override: bool = Field(
+        default=True, description="Requests may choose their own mode (`loop_guard` field).")
+    max_period: int = Field(default=256, ge=1, le=4096,
+                            description="Longest repeating span, in tokens, that is looked for.")
+    repeats: int = Field(default=3, ge=2, le=64,
+                         description="Back-to-back copies of a span that make a loop.")
+    min_repeated_tokens: int = Field(
+        default=64, ge=1, description="Short spans must keep repeating this many tokens.")
+    min_filler_repeated_tokens: int = Field(
+        default=256, ge=1, description="Same, for spans of whitespace/punctuation tokens only "
+                                       "(rules, table borders).")
+
+
+class ReasoningBudgetPolicy(StrictModel):
+    """Thinking budget for one API key (overrides the deployment's)."""
+
+    default_max_reasoning_tokens: int | None = Field(
+        default=None, ge=1, description="Budget when the request sets none (None: the "
+                                        "deployment default).")
+    max_reasoning_tokens_ceiling: int | None = Field(
+        default=None, ge=1, description="Largest budget a request may ask for (None: the "
+                                        "deployment ceiling).")
+
+
+class ReasoningConfig(StrictModel):
+    """QVQ reasoning operations: final-answer split, loop guard, thinking budget, language."""
+
+    split_final_answer: bool = Field(
+        default=False, description="Default for requests without `split_reasoning`: reasoning "
+                                   "in message.reasoning_content, conclusion in content.")
+    loop_guard: LoopGuardConfig = Field(default_factory=LoopGuardConfig,
+                                        description="Circular-reasoning guard.")
+    default_max_reasoning_tokens: int | None = Field(
+        default=None, ge=1, description="Thinking budget for requests that set none (None: no "
+                                        "budget).")
+    max_reasoning_tokens_ceiling: int | None = Field(
+        default=None, ge=1, description="Largest `max_reasoning_tokens` a request may ask for.")
+    answer_budget_tokens: int = Field(
+        default=512, ge=1, description="Tokens the model gets to conclude after the budget "
+                                       "ran out and the final-answer cue was appended.")
+    final_answer_cue: str = Field(
+        default="\n\n**Final Answer**\n\n", min_length=1,
+        description="Appended when the thinking budget runs out; must hold a final-answer "
+                    "marker so the split recognises it.")
+    per_key: dict[str, ReasoningBudgetPolicy] = Field(
+        default_factory=dict, description="Thinking budget per API key id.")
+    include_language_stats: bool = Field(
+        default=False, description="Default for requests without `include_language_stats`: "
+                                   "add the script-mix counts to each choice.")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> ReasoningConfig:
+        from serving.reasoning.final_answer import has_marker
+
+        if not has_marker(self.final_answer_cue):
+            raise ValueError("final_answer_cue must contain a final-answer marker on its own "
+                             "line, e.g. '\\n\\n**Final Answer**\\n\\n'")
+        pairs = [("", self.default_max_reasoning_tokens, self.max_reasoning_tokens_ceiling)]
+        for key_id, policy in self.per_key.items():
+            pairs.append((f"per_key.{key_id}.",
+                          policy.default_max_reasoning_tokens
+                          or self.default_max_reasoning_tokens,
+                          policy.max_reasoning_tokens_ceiling
+                          or self.max_reasoning_tokens_ceiling))
+        for where, default, ceiling in pairs:
+            if default is not None and ceiling is not None and default > ceiling:
+                raise ValueError(f"{where}default_max_reasoning_tokens ({default}) is above "
+                                 f"the ceiling ({ceiling})")
+        return self
+
+
 class ServingConfig(StrictModel):
     """Root configuration: one model, its deployments, limits and callers."""
 
@@ -444,6 +521,8 @@ class ServingConfig(StrictModel):
     files: FilesConfig = Field(default_factory=FilesConfig,
                                description="Files API (batch input and output files).")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch jobs.")
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig,
+                                       description="QVQ reasoning operations.")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
 
     @model_validator(mode="after")

@@ -4,20 +4,31 @@ Two entry points so the common case stays one hop: ``complete`` returns a whole 
 ``stream`` yields :class:`~serving.protocol.GenerationEvent` items and always starts with an
 ``accepted`` event, which the router awaits before it sends HTTP headers, so a request the
 generator rejects still gets a proper error status.
+
+Reasoning operations run here, on the token stream, for live and batch traffic alike: the
+final-answer split, the loop guard (which can abort generation) and the thinking budget (which
+ends the reasoning pass and starts a short answer pass after QVQ's final-answer cue; prefix
+caching makes the second pass reuse the first pass's KV blocks).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import replace
 
 from ray import serve
 
 from serving.config import ServingConfig
 from serving.engine.protocol import Engine, SamplingOptions
 from serving.engine.vllm_engine import VLLMEngine, engine_env
+from serving.metrics import ReasoningMetrics
 from serving.prompt import PromptBuilder, RenderedPrompt
 from serving.protocol import GenerationEvent, GenerationRequest, PreparedImage
+from serving.reasoning.options import resolve_reasoning_options
+from serving.reasoning.session import Next, ReasoningSession
+from serving.reasoning.vocab import filler_token_ids
 
 logger = logging.getLogger("qvq.generator")
 
@@ -36,7 +47,13 @@ def _load_tokenizer(path: str):
 class QVQGenerator:
     def __init__(self, config: ServingConfig, engine_factory: EngineFactory | None = None):
         self._config = config
-        self._prompts = PromptBuilder(config.model, _load_tokenizer(config.model.path))
+        tokenizer = _load_tokenizer(config.model.path)
+        self._tokenizer = tokenizer
+        self._prompts = PromptBuilder(config.model, tokenizer)
+        self._filler_ids = filler_token_ids(tokenizer)
+        self._cue_ids = tuple(tokenizer.encode(config.reasoning.final_answer_cue,
+                                               add_special_tokens=False))
+        self._metrics = ReasoningMetrics(config.model.served_name)
         self._engine: Engine = (engine_factory or VLLMEngine)(config)
         self._in_flight = {"live": 0, "batch": 0}
 
@@ -47,52 +64,96 @@ class QVQGenerator:
             stop=tuple(chat.stop or ()), seed=chat.seed,
             presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty)
 
-    async def stream(self, request: GenerationRequest,
-                     images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
+    async def _generate(self, request: GenerationRequest, images: Sequence[PreparedImage],
+                        priority: int) -> AsyncIterator[GenerationEvent]:
+        """accepted, deltas (reasoning and/or content), final: one pass, or two when the
+        thinking budget runs out (the second continues after the final-answer cue)."""
         rendered = self._prompts.render(request.chat, images)
+        options = resolve_reasoning_options(self._config.reasoning, request.chat,
+                                            request.key_id)
         yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
                               image_cache=tuple(i.cache for i in images))
+        session = ReasoningSession(options, self._filler_ids)
+        sampling = self._options(request, rendered)
+        prompt_tokens, finish_reason = rendered.num_tokens, None
+        action = Next.CONTINUE
+        passes = [(rendered.token_ids, sampling, request.request_id)]
+        while passes:
+            prompt_ids, pass_sampling, engine_request_id = passes.pop()
+            async with aclosing(self._engine.generate(prompt_ids, images, pass_sampling,
+                                                      engine_request_id,
+                                                      priority=priority)) as steps:
+                async for step in steps:
+                    if engine_request_id == request.request_id:
+                        prompt_tokens = step.prompt_tokens or prompt_tokens
+                    deltas, action = session.feed(step.text, step.token_ids)
+                    if deltas:
+                        yield GenerationEvent("delta", text=deltas.content,
+                                              reasoning=deltas.reasoning)
+                    finish_reason = step.finish_reason
+                    if action is not Next.CONTINUE and finish_reason is None:
+                        break  # closing the steps aborts the request in the engine
+            if action is Next.STOP_LOOP:
+                finish_reason = "length"  # cut short, as by max_tokens; stop_reason says why
+            elif action is Next.CONCLUDE and finish_reason is None:
+                room = rendered.max_tokens - session.completion_tokens - len(self._cue_ids)
+                deltas = session.inject_cue(options.final_answer_cue, self._cue_ids)
+                if deltas:
+                    yield GenerationEvent("delta", text=deltas.content,
+                                          reasoning=deltas.reasoning)
+                finish_reason = "length"
+                if room >= 1:
+                    answer = replace(sampling, max_tokens=min(options.answer_budget_tokens,
+                                                              room))
+                    passes.append((rendered.token_ids + session.generated_ids, answer,
+                                   f"{request.request_id}-conclude"))
+        deltas, outcome = session.finish()
+        if deltas:
+            yield GenerationEvent("delta", text=deltas.content, reasoning=deltas.reasoning)
+        self._metrics.record(outcome)
+        yield GenerationEvent("final", prompt_tokens=prompt_tokens,
+                              completion_tokens=session.completion_tokens,
+                              finish_reason=finish_reason or "stop", outcome=outcome,
+                              image_cache=tuple(i.cache for i in images))
+
+    async def stream(self, request: GenerationRequest,
+                     images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
         self._in_flight["live"] += 1
         try:
-            async for step in self._engine.generate(rendered.token_ids, images,
-                                                    self._options(request, rendered),
-                                                    request.request_id):
-                if step.finish_reason is not None:
-                    yield GenerationEvent("final", text=step.text,
-                                          prompt_tokens=step.prompt_tokens,
-                                          completion_tokens=step.completion_tokens,
-                                          finish_reason=step.finish_reason)
-                elif step.text:
-                    yield GenerationEvent("delta", text=step.text)
+            async with aclosing(self._generate(request, images, LIVE_PRIORITY)) as events:
+                async for event in events:
+                    yield event
         finally:
             self._in_flight["live"] -= 1
 
     async def complete(self, request: GenerationRequest, images: Sequence[PreparedImage],
                        priority: int = LIVE_PRIORITY) -> GenerationEvent:
-        """The whole completion as one ``final`` event (text, counts, finish reason).
+        """The whole completion as one ``final`` event (text, reasoning, counts, report).
 
         ``priority``: LIVE_PRIORITY for API traffic, BATCH_PRIORITY for batch jobs, which
-        the engine's scheduler serves after live requests.
+        the engine's scheduler serves after live requests. In split mode an answer without a
+        final-answer marker keeps all its text in ``content`` (the report says so).
         """
-        rendered = self._prompts.render(request.chat, images)
-        parts: list[str] = []
-        final = None
         kind = "live" if priority == LIVE_PRIORITY else "batch"
+        content: list[str] = []
+        reasoning: list[str] = []
+        final = None
         self._in_flight[kind] += 1
         try:
-            async for step in self._engine.generate(rendered.token_ids, images,
-                                                    self._options(request, rendered),
-                                                    request.request_id, priority=priority):
-                parts.append(step.text)
-                final = step
+            async with aclosing(self._generate(request, images, priority)) as events:
+                async for event in events:
+                    content.append(event.text)
+                    reasoning.append(event.reasoning)
+                    if event.kind == "final":
+                        final = event
         finally:
             self._in_flight[kind] -= 1
-        if final is None:  # pragma: no cover - vLLM always ends with a finished output
+        if final is None:  # pragma: no cover - _generate always ends with a final event
             raise RuntimeError("engine produced no output")
-        return GenerationEvent("final", text="".join(parts), prompt_tokens=final.prompt_tokens,
-                               completion_tokens=final.completion_tokens,
-                               finish_reason=final.finish_reason or "stop",
-                               image_cache=tuple(i.cache for i in images))
+        text, thoughts = "".join(content), "".join(reasoning)
+        if final.outcome.split and not final.outcome.final_answer_found:
+            text, thoughts = thoughts + text, ""
+        return replace(final, text=text, reasoning=thoughts)
 
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is dead, so Serve replaces us."""

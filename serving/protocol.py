@@ -124,6 +124,17 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: str | None = None
+    # QVQ reasoning extensions (send with the openai client's extra_body); None: config default
+    split_reasoning: bool | None = Field(
+        default=None, description="Reasoning in message.reasoning_content, conclusion in "
+                                  "message.content.")
+    loop_guard: Literal["off", "detect", "stop"] | None = Field(
+        default=None, description="Circular-reasoning guard for this request.")
+    max_reasoning_tokens: int | None = Field(
+        default=None, ge=1, description="Thinking budget: reasoning tokens before the model is "
+                                        "asked to conclude.")
+    include_language_stats: bool | None = Field(
+        default=None, description="Add script-mix counts (choices[0].qvq.language).")
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -209,15 +220,21 @@ class BatchCreateRequest(_Strict):
 # --------------------------------------------------------------------------- responses
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    reasoning_content: str | None = None
 
 
 class Choice(BaseModel):
@@ -225,6 +242,8 @@ class Choice(BaseModel):
     message: ResponseMessage
     finish_reason: str | None
     logprobs: None = None
+    stop_reason: str | None = None  # why generation ended early: "loop_detected"
+    qvq: dict[str, Any] | None = None  # reasoning report (final answer, boxes, loop, budget)
 
 
 class ChatCompletion(BaseModel):
@@ -240,6 +259,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -247,6 +267,8 @@ class ChunkChoice(BaseModel):
     delta: Delta
     finish_reason: str | None = None
     logprobs: None = None
+    stop_reason: str | None = None
+    qvq: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -322,8 +344,10 @@ class GenerationEvent:
     """One step of a generation stream, generator -> router.
 
     The first event of every stream is ``kind="accepted"`` with the prompt token count (the
-    request passed validation and entered the engine); then ``"delta"`` events; the last one
-    carries ``finish_reason`` and the final counts.
+    request passed validation and entered the engine); then ``"delta"`` events (``text`` for
+    content, ``reasoning`` for reasoning_content in split mode); the last one carries
+    ``finish_reason``, the final counts and the reasoning report (``outcome``, a
+    :class:`serving.reasoning.session.ReasoningOutcome`).
     """
 
     kind: Literal["accepted", "delta", "final"]
@@ -332,17 +356,31 @@ class GenerationEvent:
     completion_tokens: int = 0
     finish_reason: str | None = None
     image_cache: tuple[str, ...] = ()  # per image: miss / memory / store
+    reasoning: str = ""
+    outcome: Any = None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return getattr(self.outcome, "stop_reason", None)
+
+    def report(self) -> dict[str, Any] | None:
+        return self.outcome.to_wire() if self.outcome is not None else None
 
 
 def usage_of(event: GenerationEvent) -> Usage:
+    details = None
+    if event.outcome is not None:
+        details = CompletionTokensDetails(reasoning_tokens=event.outcome.reasoning_tokens)
     return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                 total_tokens=event.prompt_tokens + event.completion_tokens)
+                 total_tokens=event.prompt_tokens + event.completion_tokens,
+                 completion_tokens_details=details)
 
 
 def completion_response(request_id: str, created: int, model: str,
                         final: GenerationEvent) -> ChatCompletion:
     """The OpenAI chat.completion object for a finished generation (live or batch)."""
+    message = ResponseMessage(content=final.text, reasoning_content=final.reasoning or None)
     return ChatCompletion(id=request_id, created=created, model=model,
-                          choices=[Choice(message=ResponseMessage(content=final.text),
-                                          finish_reason=final.finish_reason)],
+                          choices=[Choice(message=message, finish_reason=final.finish_reason,
+                                          stop_reason=final.stop_reason, qvq=final.report())],
                           usage=usage_of(final))

@@ -55,6 +55,7 @@ from serving.protocol import (
     now,
     usage_of,
 )
+from serving.reasoning.options import resolve_reasoning_options
 from serving.storage.factory import open_store
 
 logger = logging.getLogger("qvq.router")
@@ -131,14 +132,15 @@ class ChatFrontend:
         return ModelCard(id=model_id, created=self._created, root=cfg.path,
                          max_model_len=cfg.max_model_len)
 
-    def _validate(self, chat: ChatCompletionRequest) -> list[str]:
+    def _validate(self, chat: ChatCompletionRequest, key_id: str | None) -> list[str]:
         self.model(chat.model)
+        resolve_reasoning_options(self._config.reasoning, chat, key_id)  # 400 before dispatch
         return request_image_urls(chat.image_urls(),
                                   max_images=self._config.image.max_images_per_request,
                                   allowed_buckets=self._config.storage.allowed_source_buckets)
 
     def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str):
-        urls = self._validate(chat)
+        urls = self._validate(chat, key_id)
         request = GenerationRequest(request_id=new_completion_id(),
                                     chat=chat.without_image_data() if urls else chat,
                                     key_id=key_id)
@@ -169,25 +171,29 @@ class ChatFrontend:
                    accepted: GenerationEvent) -> AsyncIterator[bytes]:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
 
-        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None,
-                  choices: bool = True) -> bytes:
+        def chunk(delta: Delta, final: GenerationEvent | None = None,
+                  usage: Usage | None = None, choices: bool = True) -> bytes:
+            choice = ChunkChoice(delta=delta)
+            if final is not None:
+                choice = ChunkChoice(delta=delta, finish_reason=final.finish_reason,
+                                     stop_reason=final.stop_reason, qvq=final.report())
             body = ChatCompletionChunk(
                 id=request.request_id, created=request.created, model=chat.model,
-                choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
-                usage=usage)
+                choices=[choice] if choices else [], usage=usage)
             return b"data: " + body.model_dump_json(exclude_none=not usage).encode() + b"\n\n"
 
         try:
             yield chunk(Delta(role="assistant", content=""))
             final = None
             async for event in stream:
-                if event.text:
-                    yield chunk(Delta(content=event.text))
+                if event.text or event.reasoning:
+                    yield chunk(Delta(content=event.text or None,
+                                      reasoning_content=event.reasoning or None))
                 if event.kind == "final":
                     final = event
             if final is None:
                 raise ServiceUnavailableError("generation ended without a result; retry")
-            yield chunk(Delta(), finish=final.finish_reason)
+            yield chunk(Delta(), final=final)
             if include_usage:
                 yield chunk(Delta(), usage=usage_of(final), choices=False)
         except asyncio.CancelledError:

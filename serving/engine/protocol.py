@@ -27,19 +27,23 @@ class SamplingOptions:
 
 @dataclass(frozen=True, slots=True)
 class EngineStep:
-    """New text since the previous step, with running token counts."""
+    """New text and token ids since the previous step, with running token counts."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    token_ids: tuple[int, ...] = ()
 
 
 class Engine(Protocol):
     async def generate(self, prompt_token_ids: list[int], images: Sequence[PreparedImage],
                        options: SamplingOptions, request_id: str,
                        priority: int = 0) -> AsyncIterator[EngineStep]:
-        """Stream steps; raises InvalidRequestError for requests the engine rejects."""
+        """Stream steps; raises InvalidRequestError for requests the engine rejects.
+
+        Closing the iterator early (``aclose``) aborts the request in the engine.
+        """
         ...
 
     async def check_health(self) -> None:

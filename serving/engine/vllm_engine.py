@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 
 from PIL import Image
 
@@ -92,13 +93,18 @@ class VLLMEngine:
                 "image": [Image.fromarray(img.pixels, mode="RGB") for img in images]}
         completion_tokens = 0
         try:
-            async for out in self._engine.generate(engine_prompt, params, request_id,
-                                                   priority=priority):
-                step = out.outputs[0]
-                completion_tokens += len(step.token_ids)
-                yield EngineStep(text=step.text, prompt_tokens=len(out.prompt_token_ids or ()),
-                                 completion_tokens=completion_tokens,
-                                 finish_reason=step.finish_reason if out.finished else None)
+            # aclosing: when our consumer stops early (loop guard, thinking budget, client gone)
+            # vLLM's generator is closed at once, which aborts the request in the engine.
+            async with aclosing(self._engine.generate(engine_prompt, params, request_id,
+                                                      priority=priority)) as outputs:
+                async for out in outputs:
+                    step = out.outputs[0]
+                    completion_tokens += len(step.token_ids)
+                    yield EngineStep(text=step.text,
+                                     prompt_tokens=len(out.prompt_token_ids or ()),
+                                     completion_tokens=completion_tokens,
+                                     finish_reason=step.finish_reason if out.finished else None,
+                                     token_ids=tuple(step.token_ids))
         except ValueError as exc:  # vLLM's input validation: message is about the request
             raise InvalidRequestError(str(exc)) from None
         except (EngineDeadError, EngineGenerateError) as exc:

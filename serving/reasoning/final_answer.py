@@ -2,14 +2,17 @@
 
 QVQ ends its step-by-step reasoning with a "Final Answer" section in a few spellings: bold
 (``**Final Answer**``, ``**Final Answer:**``, ``**Final Answer**:``), a Markdown heading
-(``### Final Answer``), a plain ``Final Answer:`` line, or the Chinese ``最终答案``. The split
-is at the *last* such marker that starts a line, so a sentence that merely mentions "the final
-answer" mid-reasoning does not end the reasoning. The marker itself belongs to neither part.
+(``### Final Answer``), a plain ``Final Answer:`` line, or the Chinese ``最终答案``. A marker
+must start a line, so a sentence that merely mentions "the final answer" does not end the
+reasoning. The marker itself belongs to neither part.
+
+The split is at the *first* marker, in whole texts and streams alike: a stream cannot take back
+reasoning it already sent, and a streamed answer must equal the non-streamed one. (QVQ writes
+the marker once, at the end; when it writes a tentative one earlier, what follows it, the
+re-check included, is the answer.)
 
 :class:`StreamSplitter` does the same on a token stream: it holds back only as many characters
 as could still turn out to be the start of a marker, so deltas flow with a small, bounded lag.
-Groundwork for issue 7 (final-answer split, loop guard, thinking budget); not wired into the
-generation path yet.
 """
 
 from __future__ import annotations
@@ -65,14 +68,17 @@ def boxed_contents(text: str) -> list[str]:
     return out
 
 
+def has_marker(text: str) -> bool:
+    return _MARKER.search(text) is not None
+
+
 def split_final_answer(text: str) -> Split:
-    """Reasoning before the last final-answer marker, answer after it (stripped)."""
-    markers = list(_MARKER.finditer(text))
-    last = markers[-1] if markers else None
-    if last is None:
+    """Reasoning before the first final-answer marker, answer after it (stripped)."""
+    first = _MARKER.search(text)
+    if first is None:
         return Split(reasoning="", answer=None, boxed=boxed_contents(text))
-    answer = text[last.end():].strip()
-    return Split(reasoning=text[:last.start()].rstrip(), answer=answer,
+    answer = text[first.end():].strip()
+    return Split(reasoning=text[:first.start()].rstrip(), answer=answer,
                  boxed=boxed_contents(answer))
 
 
@@ -81,9 +87,8 @@ class StreamSplitter:
 
     ``feed(delta)`` returns ``(reasoning_delta, answer_delta)``; ``close()`` flushes. Before the
     marker, text that could still be the start of one (the current line, while it is at most
-    40 characters long) is held back. After the first marker everything is answer: a stream cannot
-    take back reasoning it already sent, so unlike :func:`split_final_answer` it splits at the
-    first marker.
+    40 characters long) is held back. After the first marker everything is answer, as in
+    :func:`split_final_answer`.
     """
 
     def __init__(self) -> None:
@@ -122,6 +127,11 @@ class StreamSplitter:
     @property
     def in_answer(self) -> bool:
         return self._in_answer
+
+    @property
+    def marker_pending(self) -> bool:
+        """A complete marker is held back, waiting for the rest of its line."""
+        return not self._in_answer and _MARKER.search(self._pending) is not None
 
     def _answer(self, text: str) -> str:
         if not self._answer_started:

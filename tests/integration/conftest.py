@@ -50,6 +50,8 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
     config["data_dir"] = str(ROOT / ".qvq")
     config["files"] = {"max_file_bytes": 262144}
     config["batch"] = {"chunk_size": 4, "poll_interval_s": 0.5, "max_concurrency": 4}
+    config["reasoning"] = {"per_key": {"other": {"default_max_reasoning_tokens": 32,
+                                                 "max_reasoning_tokens_ceiling": 64}}}
     # One preprocessor replica: the cache tests assert which tier answered, and a second
     # replica (the local config autoscales at 1 request in flight) has its own memory tier.
     # Scaling itself is measured by loadtest.autoscale.

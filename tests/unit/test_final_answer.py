@@ -24,13 +24,14 @@ def test_every_marker_form_splits(marker):
     assert split.boxed == ["5"]
 
 
-def test_answer_on_the_marker_line_and_last_marker_wins():
+def test_answer_on_the_marker_line_and_first_marker_wins_as_in_streams():
     text = ("Is this the final answer? Not yet.\nFinal Answer: maybe 4\nWait, recount.\n"
             "**Final Answer:** 5 apples")
     split = split_final_answer(text)
-    assert split.answer == "5 apples"
-    assert split.reasoning.endswith("Wait, recount.")
-    assert "Final Answer: maybe 4" in split.reasoning
+    assert split.reasoning == "Is this the final answer? Not yet."
+    assert split.answer == "maybe 4\nWait, recount.\n**Final Answer:** 5 apples"
+    reasoning, answer, _ = stream(text, 4)
+    assert (reasoning.rstrip(), answer) == (split.reasoning, split.answer)
 
 
 def test_mentions_inside_a_sentence_are_not_markers():
@@ -76,5 +77,6 @@ def test_stream_holds_a_marker_split_across_deltas():
     splitter = StreamSplitter()
     assert splitter.feed("Thinking done.\n**Final") == ("Thinking done.\n", "")
     assert splitter.feed(" Answer**") == ("", "")
+    assert splitter.marker_pending
     assert splitter.feed("\n42") == ("", "42")
     assert splitter.in_answer and splitter.close() == ("", "")

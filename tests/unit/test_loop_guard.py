@@ -52,3 +52,63 @@ def test_reports_once_and_rejects_bad_settings():
     assert found is not None and guard.feed(1) is None and guard.detection == found
     with pytest.raises(ValueError):
         LoopGuard(repeats=1)
+
+
+def reference_detection(tokens, *, max_period, repeats, min_repeated):
+    """Brute force: after each token, the run of every period, recomputed from scratch."""
+    for i in range(len(tokens)):
+        for period in range(1, max_period + 1):
+            run = 0
+            while i - run - period >= 0 and tokens[i - run] == tokens[i - run - period]:
+                run += 1
+            if run >= max((repeats - 1) * period, min_repeated):
+                return i, period
+    return None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_brute_force_on_random_loopy_streams(seed):
+    rng = random.Random(seed)
+    tokens: list[int] = []
+    while len(tokens) < 400:  # random text with short stutters and the odd real cycle
+        if rng.random() < 0.3:
+            span = [rng.randrange(6) for _ in range(rng.randrange(1, 9))]
+            tokens += span * rng.randrange(1, 5)
+        else:
+            tokens.append(rng.randrange(6))
+    settings = {"max_period": 12, "repeats": 3, "min_repeated": 10}
+    guard = LoopGuard(max_period=12, repeats=3, min_repeated_tokens=10)
+    found = guard.feed_many(tokens)
+    expected = reference_detection(tokens, **settings)
+    if expected is None:
+        assert found is None
+    else:
+        # the earliest detection; at one index the shortest firing period is reported
+        assert found is not None and found.at_token == expected[0]
+
+
+def test_the_longest_period_is_covered():
+    span = prose(256, seed=11)
+    found = LoopGuard(max_period=256).feed_many(span * 3)
+    assert found is not None and found.period == 256 and found.at_token == 3 * 256 - 1
+    assert LoopGuard(max_period=255).feed_many(span * 4) is None
+
+
+def test_filler_spans_need_a_longer_run():
+    dash, newline, word = 7, 8, 9
+    guard = LoopGuard(min_repeated_tokens=64, min_filler_repeated_tokens=256,
+                      filler_ids={dash, newline})
+    assert guard.feed_many(prose(20) + [dash] * 200 + [newline] + prose(20, seed=2)) is None
+    found = guard.feed_many([newline] * 300)
+    assert found is not None and found.period == 1 and found.repeated_tokens == 256
+    # a loop of real words is caught at the ordinary threshold
+    words = LoopGuard(filler_ids={dash, newline}).feed_many(prose(20) + [word] * 100)
+    assert words is not None and words.repeated_tokens == 64
+
+
+def test_memory_is_bounded_by_the_window():
+    guard = LoopGuard(max_period=32)
+    guard.feed_many(prose(5000))
+    assert len(guard._window) == 32
+    assert sum(len(p) for p in guard._positions.values()) == 32
+    assert guard.tokens_seen == 5000
