@@ -16,7 +16,10 @@ Each runs the guard with the serving defaults (filler ids from that tokenizer's 
 Loops: a prose head followed by one prose span repeated, for several span lengths; delay =
 tokens generated after the cycle began until the guard fired. Cost: microseconds per token
 overall and per 4k-token slice of one long stream (flat = independent of answer length).
-Writes ``loadtest/results/loop-guard-<stamp>.json``.
+With ``--engine-prompts N`` it also decodes N prompts greedily with the real vLLM engine on the
+tiny model (``configs/local-cpu.yaml``), whose random weights loop, and reports where the guard
+fires and how many of ``--engine-max-tokens`` it saves. Writes
+``loadtest/results/loop-guard-<stamp>.json``.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ def measure(name: str, tok, docs: dict[str, str], settings: LoopGuardConfig) -> 
     delays: dict[int, list[int | None]] = {}
     for period in SPAN_PERIODS:
         delays[period] = []
-        for trial in range(5):
+        for _ in range(5):
             ids = long_docs[rng.randrange(len(long_docs))]
             cut = rng.randrange(600, len(ids) - period - 1)
             head, span = ids[cut - 500:cut], ids[cut:cut + period]
@@ -161,10 +164,51 @@ def measure(name: str, tok, docs: dict[str, str], settings: LoopGuardConfig) -> 
     }
 
 
+async def _engine_loops(prompts: int, max_tokens: int, settings: LoopGuardConfig) -> dict:
+    from serving.config import load_config
+    from serving.engine.protocol import SamplingOptions
+    from serving.engine.vllm_engine import VLLMEngine
+    from serving.reasoning.vocab import filler_token_ids
+
+    config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ROOT / config.model.path))
+    filler = filler_token_ids(tokenizer)
+    engine = VLLMEngine(config)
+    rng = random.Random(1)
+    words = ["apples", "count", "image", "table", "three", "red", "how", "many", "the", "on"]
+    found = []
+    try:
+        for i in range(prompts):
+            text = " ".join(rng.choice(words) for _ in range(12)) + "?"
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                tokenize=True, add_generation_prompt=True,
+                                                return_dict=False)
+            out: list[int] = []
+            async for step in engine.generate(list(ids), [], SamplingOptions(
+                    max_tokens=max_tokens, temperature=0.0), f"bench-{i}"):
+                out.extend(step.token_ids)
+            detection = guard(settings, filler).feed_many(out)
+            found.append(None if detection is None else detection.to_dict())
+    finally:
+        engine.shutdown()
+    hits = [d for d in found if d]
+    return {"prompts": prompts, "max_tokens": max_tokens, "looping": len(hits),
+            "periods": sorted(d["period"] for d in hits),
+            "detected_at_token": sorted(d["at_token"] for d in hits),
+            "delay_after_cycle_start": sorted(d["at_token"] - d["cycle_started_at"]
+                                              for d in hits),
+            "share_of_max_tokens_saved": round(
+                sum(max_tokens - 1 - d["at_token"] for d in hits) / (prompts * max_tokens), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--min-bytes", type=int, default=5_000_000)
     parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+    parser.add_argument("--engine-prompts", type=int, default=0)
+    parser.add_argument("--engine-max-tokens", type=int, default=2000)
     args = parser.parse_args(argv)
     from tokenizers import Tokenizer
 
@@ -184,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  stopped: {s['doc']} period {s['period']}: {s['text']!r}")
     report = {"benchmark": "loop-guard", "settings": settings.model_dump(),
               "documents": len(docs), "bytes": total_bytes, "runs": runs}
+    if args.engine_prompts:
+        import asyncio
+
+        report["tiny_engine"] = asyncio.run(_engine_loops(args.engine_prompts,
+                                                          args.engine_max_tokens, settings))
+        print(json.dumps(report["tiny_engine"]), flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "loadtest" / "results" / f"loop-guard-{stamp}.json"
     out.write_text(json.dumps(report, indent=2))

@@ -29,6 +29,7 @@ from serving.files import FileStore
 from serving.generator import BATCH_PRIORITY
 from serving.images.sources import request_image_urls
 from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
+from serving.reasoning.options import resolve_reasoning_options
 from serving.storage.factory import open_store
 
 logger = logging.getLogger("qvq.batch")
@@ -123,9 +124,11 @@ class BatchRunner:
             return await self._fail(batch, [{"code": "file_not_found", "line": None,
                                              "param": "input_file_id",
                                              "message": "input file not found"}])
+        reasoning = self._config.reasoning
         lines, errors = await asyncio.to_thread(
             parse_batch_input, data, max_lines=self._cfg.max_lines,
-            max_bytes=self._cfg.max_input_bytes, model_ids=self._model_ids)
+            max_bytes=self._cfg.max_input_bytes, model_ids=self._model_ids,
+            check=lambda chat: resolve_reasoning_options(reasoning, chat, owner))
         if errors:
             return await self._fail(batch, [e.to_dict() for e in errors])
         await asyncio.to_thread(self._batches.write_input, batch, [line.raw for line in lines])

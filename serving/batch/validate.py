@@ -7,10 +7,12 @@ list naming each line and what is wrong with it, so the caller fixes the file in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from serving.errors import InvalidRequestError
 from serving.openai_errors import validation_to_error
 from serving.protocol import ChatCompletionRequest
 
@@ -38,8 +40,11 @@ class LineError:
                 "line": self.line}
 
 
-def parse_batch_input(data: bytes, *, max_lines: int, max_bytes: int,
-                      model_ids: set[str]) -> tuple[list[BatchLine], list[LineError]]:
+def parse_batch_input(data: bytes, *, max_lines: int, max_bytes: int, model_ids: set[str],
+                      check: Callable[[ChatCompletionRequest], None] | None = None,
+                      ) -> tuple[list[BatchLine], list[LineError]]:
+    """Every line checked like a live request; ``check`` adds the deployment's own rules
+    (reasoning budget ceilings for the batch's owner), raising InvalidRequestError."""
     if len(data) > max_bytes:
         return [], [LineError(None, "file_too_large",
                               f"input file is {len(data)} bytes; at most {max_bytes} allowed")]
@@ -61,7 +66,7 @@ def parse_batch_input(data: bytes, *, max_lines: int, max_bytes: int,
     for number, raw in enumerate(raw_lines, start=1):
         if len(errors) >= MAX_REPORTED_ERRORS:
             break
-        err = _check_line(number, raw, seen, model_ids)
+        err = _check_line(number, raw, seen, model_ids, check)
         if isinstance(err, LineError):
             errors.append(err)
         else:
@@ -69,8 +74,8 @@ def parse_batch_input(data: bytes, *, max_lines: int, max_bytes: int,
     return lines, errors
 
 
-def _check_line(number: int, raw: str, seen: dict[str, int],
-                model_ids: set[str]) -> BatchLine | LineError:
+def _check_line(number: int, raw: str, seen: dict[str, int], model_ids: set[str],
+                check: Callable[[ChatCompletionRequest], None] | None) -> BatchLine | LineError:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -111,4 +116,10 @@ def _check_line(number: int, raw: str, seen: dict[str, int],
     if chat.model not in model_ids:
         return LineError(number, "model_not_found", f"model {chat.model!r} is not served here",
                          "body.model")
+    if check is not None:
+        try:
+            check(chat)
+        except InvalidRequestError as exc:
+            return LineError(number, "invalid_body", exc.message,
+                             f"body.{exc.param}" if exc.param else "body")
     return BatchLine(number, custom_id, chat, raw)

@@ -52,3 +52,21 @@ def test_errors_serialise_like_openai():
     _, errors = parse("{bad")
     assert errors[0].to_dict() == {"code": "invalid_json", "message": errors[0].message,
                                    "param": None, "line": 1}
+
+
+def test_deployment_rules_reject_lines_at_validation():
+    from serving.config import ReasoningConfig
+    from serving.reasoning.options import resolve_reasoning_options
+
+    config = ReasoningConfig(max_reasoning_tokens_ceiling=100)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    data = b"\n".join(json.dumps({"custom_id": f"c{i}", "method": "POST",
+                                  "url": "/v1/chat/completions",
+                                  "body": {**body, "max_reasoning_tokens": n}}).encode()
+                      for i, n in enumerate((50, 500)))
+    lines, errors = parse_batch_input(
+        data, max_lines=10, max_bytes=10_000, model_ids={"m"},
+        check=lambda chat: resolve_reasoning_options(config, chat, "team"))
+    assert [line.custom_id for line in lines] == ["c0"]
+    assert [(e.line, e.param) for e in errors] == [(2, "body.max_reasoning_tokens")]
+    assert "at most 100" in errors[0].message
