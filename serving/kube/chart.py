@@ -89,6 +89,10 @@ _LIST = {"type": "array"}
 _COUNT = {"type": "integer", "minimum": 0}
 _QUANTITY = {"anyOf": [{"type": "string", "pattern": r"^[0-9.]+[a-zA-Z]*$"},
                        {"type": "number", "minimum": 0}]}
+# Kubernetes label keys ([prefix/]name) and values.
+_LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+              r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = r"^$|^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 _SECRET_REF = _obj({"name": {"type": "string", "pattern": r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
                              "description": "Secret name (empty: not used)."},
                     "key": {"type": "string", "minLength": 1, "description": "Key in the Secret."}},
@@ -189,6 +193,19 @@ def values_schema() -> dict[str, Any]:
                          "hosts": _LIST, "tls": _LIST}),
         "serviceMonitor": _obj({"enabled": _BOOL, "interval": _STR,
                                 "labels": {"type": "object", "additionalProperties": _STR}}),
+        "grafanaDashboard": _obj({
+            "enabled": _BOOL,
+            "label": {"type": "string", "maxLength": 316, "pattern": _LABEL_KEY,
+                      "description": "Label the Grafana sidecar selects ConfigMaps by."},
+            "labelValue": {"type": "string", "maxLength": 63, "pattern": _LABEL_VALUE,
+                           "description": "Value of that label (a string: quote numbers)."},
+            "namespace": {"type": "string", "maxLength": 63,
+                          "pattern": r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                          "description": "Namespace of the ConfigMap (empty: the release's)."},
+            "annotations": {"type": "object", "additionalProperties": _STR},
+            "folder": {"type": "string",
+                       "description": "Grafana folder (the grafana_folder annotation)."},
+        }),
         "podDisruptionBudget": _obj({"enabled": _BOOL,
                                      "maxUnavailable": {"type": "integer", "minimum": 1}}),
         "networkPolicy": _obj({"enabled": _BOOL, "apiFrom": _LIST, "metricsFrom": _LIST}),
