@@ -20,6 +20,21 @@ _UNION_TAGS = {"system", "user", "assistant", "text", "image_url", "str",
                "list[tagged-union[TextPart,ImagePart]]", "list[TextPart]"}
 
 
+# Client input echoed in a message (unknown key names, unsupported roles and part types) is cut
+# in the middle to these lengths, so a huge value cannot make a huge error body.
+_MAX_PARAM_CHARS = 120
+_MAX_DETAIL_CHARS = 600
+
+
+def _elide(text: str, limit: int) -> str:
+    """``text`` if short enough, else its head and tail around an ellipsis (tail kept: it says
+    what to do)."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
 def _param_path(loc: tuple) -> str | None:
     """``('messages', 0, 'user', 'content', 1, 'type')`` -> ``messages[0].content[1].type``."""
     out = ""
@@ -43,6 +58,7 @@ def validation_to_error(exc: ValidationError | RequestValidationError) -> Invali
         return InvalidRequestError("request body does not match the schema")
     err = errors[0]
     param = _param_path(tuple(err.get("loc", ())))
+    param = _elide(param, _MAX_PARAM_CHARS) if param else param
     kind = err.get("type", "")
     if kind == "json_invalid":
         detail = err.get("ctx", {}).get("error", err["msg"])
@@ -51,7 +67,8 @@ def validation_to_error(exc: ValidationError | RequestValidationError) -> Invali
         return InvalidRequestError(f"unknown parameter {param!r}; remove it", param=param)
     if kind == "missing":
         return InvalidRequestError(f"missing required parameter {param!r}", param=param)
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    msg = _elide(str(err.get("msg", "invalid value")).removeprefix("Value error, "),
+                 _MAX_DETAIL_CHARS)
     where = f"{param}: " if param else ""
     return InvalidRequestError(f"invalid request: {where}{msg}", param=param)
 

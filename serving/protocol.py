@@ -117,7 +117,9 @@ class ChatCompletionRequest(_Strict):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None, ge=-(2**63), le=2**63 - 1,
+        description="Sampling seed; vLLM seeds a torch generator with it, so it must fit int64.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")

@@ -1,6 +1,10 @@
+import importlib.util
 import pathlib
 
 import pytest
+
+if importlib.util.find_spec("hypothesis") is not None:  # property tests' settings profiles
+    import tests.hypothesis_profiles  # noqa: F401
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

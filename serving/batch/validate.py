@@ -6,11 +6,11 @@ list naming each line and what is wrong with it, so the caller fixes the file in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from serving.errors import InvalidRequestError
 from serving.openai_errors import validation_to_error
@@ -77,9 +77,11 @@ def parse_batch_input(data: bytes, *, max_lines: int, max_bytes: int, model_ids:
 def _check_line(number: int, raw: str, seen: dict[str, int], model_ids: set[str],
                 check: Callable[[ChatCompletionRequest], None] | None) -> BatchLine | LineError:
     try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return LineError(number, "invalid_json", f"line is not valid JSON: {exc.msg}")
+        # pydantic's parser, as for live requests: json.loads would accept lone surrogate
+        # escapes ("\ud800") that the live endpoint rejects and no tokenizer can encode.
+        obj = from_json(raw)
+    except ValueError as exc:
+        return LineError(number, "invalid_json", f"line is not valid JSON: {exc}")
     if not isinstance(obj, dict):
         return LineError(number, "invalid_request", "line must be a JSON object")
     extra = set(obj) - {"custom_id", "method", "url", "body"}

@@ -8,9 +8,11 @@ resize to exactly ``smart_resize``'s dimensions of the oriented source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
+import struct
 import warnings
 from collections.abc import Sequence
 
@@ -29,6 +31,11 @@ _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"<svg", "SVG"), (b"<?xml", "XML/SVG"), (b"qoif", "QOI"),
 )
 _ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
+# What Pillow raises on malformed data once a file is open (seek, load, transpose): the errors
+# its own Image.open takes for "not this format" (SyntaxError, IndexError, TypeError,
+# struct.error) plus I/O and value errors. A truncated GIF's is_animated raised IndexError.
+_CORRUPT_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+                        struct.error)
 
 
 def _sniff(data: bytes) -> str | None:
@@ -42,12 +49,22 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _quiet_pillow():
+    """Pillow's warnings about hostile bytes: bombs we check ourselves, and metadata it skips
+    (a corrupt EXIF block, read when opening a JPEG and again to orient): the image still
+    decodes or fails on its own, so the warnings would only flood the server's logs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
 def _open(data: bytes, allowed_formats: Sequence[str]) -> Image.Image:
     if not data:
         raise ImageError("image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet_pillow():
             return Image.open(io.BytesIO(data), formats=list(allowed_formats))
     except Image.DecompressionBombError:
         raise ImageError("image has too many pixels to decode safely") from None
@@ -62,7 +79,8 @@ def _open(data: bytes, allowed_formats: Sequence[str]) -> Image.Image:
 
 def _orientation(img: Image.Image) -> int:
     try:
-        return int(img.getexif().get(0x0112, 1))
+        with _quiet_pillow():
+            return int(img.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block must not fail the image
         return 1
 
@@ -126,11 +144,12 @@ def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pi
             img.seek(0)
         img.load()
         if orientation != 1:
-            img = ImageOps.exif_transpose(img)
+            with _quiet_pillow():
+                img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError):
+    except _CORRUPT_DATA_ERRORS:
         raise ImageError(f"{fmt} image data is truncated or corrupt") from None
     except Image.DecompressionBombError:
         raise ImageError("image has too many pixels to decode safely") from None

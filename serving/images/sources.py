@@ -28,6 +28,11 @@ Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
+def _shown(text: str, limit: int = 64) -> str:
+    """Client text echoed in an error, cut so a huge URL cannot make a huge error body."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def describe_size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
@@ -190,7 +195,7 @@ def classify_url(url: str) -> SourceKind:
         return "s3"
     if scheme == "qvq-image":
         return "ref"
-    raise BlockedURLError(f"image URL scheme {scheme + ':' if scheme else '(none)'} is not "
+    raise BlockedURLError(f"image URL scheme {_shown(scheme) + ':' if scheme else '(none)'} is not "
                           "supported; use a data: URL, https://, http://, s3://bucket/key or "
                           "qvq-image://<sha256> of an uploaded image")
 
@@ -202,7 +207,8 @@ def parse_s3_url(url: str, allowed_buckets: Sequence[str]) -> tuple[str, str]:
     if not bucket or not key:
         raise ImageError("s3 image URLs must look like s3://bucket/key")
     if bucket not in allowed_buckets:
-        raise BlockedURLError(f"bucket {bucket!r} is not one this server may read images from"
+        raise BlockedURLError(f"bucket {_shown(bucket)!r} is not one this server may read images "
+                              "from"
                               + (f"; allowed: {', '.join(allowed_buckets)}" if allowed_buckets
                                  else " (storage.allowed_source_buckets is empty)"))
     return bucket, key

@@ -70,3 +70,16 @@ def test_deployment_rules_reject_lines_at_validation():
     assert [line.custom_id for line in lines] == ["c0"]
     assert [(e.line, e.param) for e in errors] == [(2, "body.max_reasoning_tokens")]
     assert "at most 100" in errors[0].message
+
+
+def test_lone_surrogate_escape_is_invalid_json_as_on_the_live_endpoint():
+    # Found by tests/unit/test_fuzz_requests.py: json.loads accepts "\ud800", so the line passed
+    # validation with text no tokenizer can encode and failed only when the batch ran.
+    text = line("a", body={"model": "qvq", "messages": [{"role": "user", "content": "\ud800"}]})
+    assert "\\ud800" in text
+    lines, errors = parse(text)
+    assert lines == [] and [(e.line, e.code) for e in errors] == [(1, "invalid_json")]
+    emoji = line("b", body={"model": "qvq",
+                            "messages": [{"role": "user", "content": "\U0001f600"}]})
+    assert "\\ud83d\\ude00" in emoji  # a valid surrogate pair still decodes
+    assert parse(emoji)[0][0].body.messages[0].content == "\U0001f600"

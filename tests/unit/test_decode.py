@@ -1,4 +1,6 @@
 import io
+import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -98,6 +100,32 @@ def test_truncated_image():
     png = encode(photo(640, 480), "PNG")
     with pytest.raises(ImageError, match="truncated or corrupt|not a decodable"):
         decode_image(png[: len(png) // 2], **LIMITS)
+
+
+def test_animated_gif_truncated_in_a_later_frame_is_a_400():
+    # Found by tests/unit/test_fuzz_decode.py: Pillow's is_animated reads ahead to the second
+    # frame and raised IndexError / struct.error on a cut there, which became a 500.
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    second = data.index(b"!\xf9", 20)  # the second frame's graphic control extension
+    for cut in (second + 1, second + 3, second + 9, second + 17):
+        with pytest.raises(ImageError, match="GIF image data is truncated or corrupt"):
+            decode_image(data[:cut], **LIMITS)
+
+
+def test_corrupt_exif_decodes_oriented_without_warning():
+    # Found by tests/unit/test_fuzz_decode.py: Pillow reads a JPEG's EXIF when opening it (for
+    # the DPI) and again in exif_transpose, and warned "Corrupt EXIF data" past our filters.
+    # IFD0 claims two entries: Orientation=6 (rotate 90°), then one cut short after 4 bytes.
+    tiff = (b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+            + b"\x0f\x01\x02\x00")
+    payload = b"Exif\x00\x00" + tiff
+    jpeg = encode(Image.new("RGB", (40, 20), (9, 9, 9)), "JPEG")
+    data = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = decode_image(data, **LIMITS)
+    assert (out.source_width, out.source_height) == (20, 40) and out.height > out.width
 
 
 def test_format_outside_allowlist_named():

@@ -89,3 +89,18 @@ def test_unsupported_part_named():
     assert err.param.startswith("messages[0]")
     err = _first_error('{"model": "m", "messages": [{"role": "tool", "content": "x"}]}')
     assert "unsupported role 'tool'" in err.message
+
+
+@pytest.mark.parametrize("body", [
+    '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "%s": 1}' % ("k" * 50_000),
+    '{"model": "m", "messages": [{"role": "%s", "content": "hi"}]}' % ("r" * 50_000),
+    '{"model": "m", "messages": [{"role": "user", "content": [{"type": "%s"}]}]}' % ("t" * 50_000),
+])
+def test_echoed_input_is_elided_so_error_bodies_stay_short(body):
+    # Found by tests/unit/test_fuzz_requests.py: a 50 kB unknown key, role or part type came
+    # back whole in the message (and param), so the error body grew with the request.
+    err = _first_error(body)
+    assert len(err.message) < 1000 and (err.param is None or len(err.param) <= 120)
+    assert " ... " in err.message
+    assert err.message.endswith(("; remove it", "supported: system, user, assistant",
+                                 "supported: text, image_url"))

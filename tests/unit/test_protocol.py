@@ -53,3 +53,16 @@ def test_without_image_data_keeps_structure_drops_bytes():
     assert stripped.messages[1].content[0].text == "a"
     assert len(stripped.model_dump_json()) < 1000
     assert req.image_urls()[0] == big  # the original is untouched
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, -(2**63) - 1, 10**30])
+def test_seed_outside_int64_rejected(seed):
+    # vLLM serialises the seed with msgpack (ints up to 2**64 - 1) and seeds a torch generator
+    # (int64); a larger one failed inside the engine client as a 500 instead of a 400.
+    with pytest.raises(ValidationError, match="seed"):
+        parse(seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, -1, 2**63 - 1, -(2**63)])
+def test_seed_int64_accepted(seed):
+    assert parse(seed=seed).seed == seed

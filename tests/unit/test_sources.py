@@ -5,7 +5,12 @@ import pytest
 
 from serving.config import FetchConfig
 from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
-from serving.images.sources import ImageFetcher, classify_url, decode_data_url
+from serving.images.sources import (
+    ImageFetcher,
+    classify_url,
+    decode_data_url,
+    request_image_urls,
+)
 from tests.image_server import PNG, image_server
 from tests.images import data_url
 
@@ -105,3 +110,12 @@ def test_resolved_private_address_blocked_before_connecting():
 def test_credentials_in_url_rejected():
     with pytest.raises(BlockedURLError, match="credentials"):
         fetch("http://user:pw@127.0.0.1:1/x.png")
+
+
+@pytest.mark.parametrize("url", ["x" * 50_000 + ":y", "s3://" + "b" * 50_000 + "/key"])
+def test_huge_scheme_or_bucket_not_echoed_whole(url):
+    # Found by tests/unit/test_fuzz_requests.py: the whole scheme or bucket came back in the
+    # 400's message, so a 50 kB URL made a 50 kB error body.
+    with pytest.raises(BlockedURLError, match="not supported|not one this server") as info:
+        request_image_urls([url], max_images=1, allowed_buckets=["qvq-sources"])
+    assert len(info.value.message) < 300
