@@ -1,4 +1,4 @@
-"""``build_app(config)``: the one function that binds the three deployments.
+"""``build_app(config)``: the one function that binds the deployments.
 
 Used by ``qvq serve``, by ``serve run serving.app:app_builder config_path=...``, by Serve config
 YAML (``import_path: serving.app:app_builder`` with ``args``) and by a RayService's
@@ -14,6 +14,7 @@ from ray.serve import Application
 from serving.batch.runner import runner_deployment
 from serving.config import ServingConfig, config_from_dict, load_config
 from serving.generator import generator_deployment
+from serving.limits import limiter_deployment
 from serving.preprocessor import preprocessor_deployment
 from serving.router import router_deployment
 
@@ -22,7 +23,9 @@ def build_app(config: ServingConfig) -> Application:
     preprocessor = preprocessor_deployment(config).bind(config)
     generator = generator_deployment(config).bind(config)
     runner = runner_deployment(config).bind(config, preprocessor, generator)
-    return router_deployment(config).bind(config, preprocessor, generator, runner)
+    # The shared rate limiter exists only when some key has limits: no extra hop otherwise.
+    limiter = limiter_deployment(config).bind(config) if config.limits.any_limits else None
+    return router_deployment(config).bind(config, preprocessor, generator, runner, limiter)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

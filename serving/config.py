@@ -190,6 +190,9 @@ class DeploymentConfig(StrictModel):
     memory_gib: float | None = Field(default=None, gt=0, description="Ray memory per replica.")
     max_ongoing_requests: int = Field(default=64, ge=1,
                                       description="Concurrent requests one replica accepts.")
+    max_queued_requests: int = Field(
+        default=-1, ge=-1, description="Requests a caller may queue for this deployment beyond "
+        "what its replicas are running; more are refused with 503 + Retry-After (-1: no bound).")
     access_log: bool | None = Field(
         default=None, description="Serve's per-request access log line on this hop (each "
                                   "costs CPU on every request). None: on for the router, off "
@@ -225,8 +228,8 @@ class GeneratorDeploymentConfig(DeploymentConfig):
 # Per-role defaults that differ from DeploymentConfig's; a partial section in YAML keeps them.
 _ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "router": {"num_cpus": 0.5, "max_ongoing_requests": 512},
-    "preprocessor": {"num_cpus": 1.0, "max_ongoing_requests": 16},
-    "generator": {"max_ongoing_requests": 256},
+    "preprocessor": {"num_cpus": 1.0, "max_ongoing_requests": 16, "max_queued_requests": 256},
+    "generator": {"max_ongoing_requests": 256, "max_queued_requests": 512},
 }
 
 
@@ -408,6 +411,22 @@ class ServerConfig(StrictModel):
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
     request_timeout_s: float = Field(default=900.0, gt=0,
                                      description="End-to-end timeout of one request.")
+    max_request_body_bytes: int = Field(
+        default=64 * 2**20, ge=1024, description="JSON request bodies larger than this are "
+        "refused with 413 before they are parsed (images beyond it: upload them first).")
+    max_in_flight_requests: int = Field(
+        default=448, ge=1, description="Requests one router replica works on at once; more are "
+        "refused at once with 503 + Retry-After instead of queueing without bound. Must stay "
+        "below deployments.router.max_ongoing_requests, or requests queue in front of the "
+        "router (in the ingress) before this check sees them.")
+    replica_failure_retries: int = Field(
+        default=2, ge=0, le=5, description="A request whose preprocessor or generator replica "
+        "died before it produced anything is sent again this many times (Serve routes it to "
+        "a healthy or replacement replica); a stream that already sent text gets an error "
+        "event instead.")
+    log_encoding: Literal["JSON", "TEXT"] = Field(
+        default="JSON", description="Replica log format; JSON lines carry the request id "
+                                    "(`x-request-id`) of every request through every deployment.")
     ingress: Literal["haproxy", "python"] = Field(
         default="haproxy",
         description="HTTP ingress of a local Ray: Serve's HAProxy ingress (C load balancer "
@@ -423,6 +442,49 @@ class RayConfig(StrictModel):
                                  description="Logical CPUs of a local Ray (None: all cores).")
     object_store_memory_mib: int | None = Field(default=None, ge=75,
                                                 description="Object store of a local Ray.")
+
+
+class KeyLimits(StrictModel):
+    """Limits of one API key (None: unlimited). Per minute limits refill continuously."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1,
+                                            description="Chat requests per minute.")
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Prompt + completion tokens per minute; a request "
+        "reserves its estimate (prompt text/4 + image tokens + max_tokens) and is settled with "
+        "its real usage.")
+    images_per_minute: int | None = Field(default=None, ge=1,
+                                          description="Images in chat requests per minute.")
+    concurrent_requests: int | None = Field(default=None, ge=1,
+                                            description="Chat requests in flight at once.")
+    max_active_batches: int | None = Field(default=None, ge=1,
+                                           description="Batches validating or in progress.")
+    max_active_batch_bytes: int | None = Field(
+        default=None, ge=1, description="Bytes of input files of the key's active batches.")
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
+
+
+class LimitsConfig(StrictModel):
+    """Per-key limits, shared by every router replica through one RateLimiter replica."""
+
+    default: KeyLimits = Field(default_factory=KeyLimits,
+                               description="Limits of keys without their own entry (and of "
+                                           "the open API's anonymous caller).")
+    per_key: dict[str, KeyLimits] = Field(default_factory=dict,
+                                          description="Limits by API key id (replace default).")
+    limiter_timeout_s: float = Field(
+        default=0.5, gt=0, description="When the limiter does not answer in time (it is "
+        "restarting) requests are let through and counted as unlimited: availability first.")
+
+    def for_key(self, key_id: str | None) -> KeyLimits:
+        return self.per_key.get(key_id, self.default) if key_id is not None else self.default
+
+    @property
+    def any_limits(self) -> bool:
+        return self.default.limited or any(k.limited for k in self.per_key.values())
 
 
 class LoopGuardConfig(StrictModel):
@@ -523,7 +585,19 @@ class ServingConfig(StrictModel):
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch jobs.")
     reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig,
                                        description="QVQ reasoning operations.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig,
+                                 description="Per-key rate limits and batch quotas.")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
+
+    @model_validator(mode="after")
+    def _admission_before_ingress_queue(self) -> ServingConfig:
+        if self.server.max_in_flight_requests >= self.deployments.router.max_ongoing_requests:
+            raise ValueError(
+                f"server.max_in_flight_requests ({self.server.max_in_flight_requests}) must be "
+                f"below deployments.router.max_ongoing_requests "
+                f"({self.deployments.router.max_ongoing_requests}): the router must be free to "
+                "answer 503 while it is full")
+        return self
 
     @model_validator(mode="after")
     def _fits(self) -> ServingConfig:

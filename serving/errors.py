@@ -10,12 +10,15 @@ Callers catch by layer::
     │   │   └── ImageError         400 invalid_image (undecodable, bad data URL, too many pixels)
     │   │       ├── ImageFetchError    400 image_fetch_failed (http error, timeout)
     │   │       └── BlockedURLError    400 image_url_blocked (SSRF guard, bad scheme)
-    │   ├── PayloadTooLargeError   413 (image over the byte limit)
+    │   ├── PayloadTooLargeError   413 (image or request body over the byte limit)
+    │   ├── RateLimitError         429 rate_limit_exceeded (per-key limits; Retry-After)
     │   ├── AuthenticationError    401
     │   ├── ModelNotFoundError     404 model_not_found
     │   ├── NotFoundError          404
     │   └── ServiceUnavailableError 503 (engine down or overloaded)
     └── (anything else)            500 with a generic message; details only in logs
+
+``retry_after_s`` (any error) becomes the ``Retry-After`` header; 503s without one say 5 s.
 
 Messages say what the caller should change. They never carry stack traces, file paths or other
 callers' data. Every exception here pickles with its fields, so it survives a hop through Ray.
@@ -23,6 +26,7 @@ callers' data. Every exception here pickles with its fields, so it survives a ho
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -31,23 +35,31 @@ class QVQError(Exception):
     error_type = "internal_error"
     default_code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self.retry_after_s = retry_after_s
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.param, self.code))
+        return (_rebuild, (type(self), self.message, self.param, self.code,
+                           self.retry_after_s))
 
     def to_openai(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type,
                           "param": self.param, "code": self.code}}
 
+    def response_headers(self) -> dict[str, str]:
+        if self.retry_after_s is not None:
+            return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+        return {"Retry-After": "5"} if self.status_code == 503 else {}
+
 
 def _rebuild(cls: type[QVQError], message: str, param: str | None,
-             code: str | None) -> QVQError:
-    return cls(message, param=param, code=code)
+             code: str | None, retry_after_s: float | None = None) -> QVQError:
+    return cls(message, param=param, code=code, retry_after_s=retry_after_s)
 
 
 class ConfigError(QVQError):
@@ -83,6 +95,33 @@ class PayloadTooLargeError(APIError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "payload_too_large"
+
+
+class RateLimitError(APIError):
+    """A per-key limit; ``limit`` names it (requests, tokens, images, concurrency, batches).
+
+    ``error_type`` is OpenAI's: "tokens" for token limits, else "requests".
+    """
+
+    status_code = 429
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str = "requests", param: str | None = None,
+                 code: str | None = None, retry_after_s: float | None = None):
+        super().__init__(message, param=param, code=code, retry_after_s=retry_after_s)
+        self.limit = limit
+
+    @property
+    def error_type(self) -> str:  # type: ignore[override]
+        return "tokens" if self.limit == "tokens" else "requests"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_rate_limit, (self.message, self.limit, self.code, self.retry_after_s))
+
+
+def _rebuild_rate_limit(message: str, limit: str, code: str | None,
+                        retry_after_s: float | None) -> RateLimitError:
+    return RateLimitError(message, limit=limit, code=code, retry_after_s=retry_after_s)
 
 
 class AuthenticationError(APIError):
@@ -125,6 +164,25 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def replica_died(exc: BaseException) -> bool:
+    """The request failed because a Ray actor (a replica) or an object it owned is gone, not
+    because of the request: sending it again can succeed."""
+    from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+
+    dead = RayActorError | ObjectLostError | WorkerCrashedError
+    # Serve raises its own exception *from* the Ray one ("an upstream actor died before
+    # finishing a dependent task"), so follow __cause__ as well as Ray's .cause
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, dead):
+            return True
+        ray_cause = getattr(seen, "cause", None)
+        seen = ray_cause if isinstance(ray_cause, BaseException) else seen.__cause__
+    return False
+
+
 def to_api_error(exc: BaseException) -> APIError | QVQError:
     """Map any exception to the error a client may see (unknown ones become a generic 500)."""
     exc = unwrap(exc)
@@ -139,7 +197,7 @@ def to_api_error(exc: BaseException) -> APIError | QVQError:
     if isinstance(exc, BackPressureError):
         return ServiceUnavailableError("The server is at capacity; retry shortly.",
                                        code="overloaded")
-    if isinstance(exc, ActorDiedError | ActorUnavailableError):
+    if isinstance(exc, ActorDiedError | ActorUnavailableError) or replica_died(exc):
         return ServiceUnavailableError("A serving replica became unavailable; retry shortly.",
                                        code="replica_unavailable")
     return QVQError(INTERNAL_MESSAGE)

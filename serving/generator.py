@@ -14,6 +14,7 @@ caching makes the second pass reuse the first pass's KV blocks).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
@@ -23,7 +24,7 @@ from ray import serve
 from serving.config import ServingConfig
 from serving.engine.protocol import Engine, SamplingOptions
 from serving.engine.vllm_engine import VLLMEngine, engine_env
-from serving.metrics import ReasoningMetrics
+from serving.metrics import GeneratorMetrics
 from serving.prompt import PromptBuilder, RenderedPrompt
 from serving.protocol import GenerationEvent, GenerationRequest, PreparedImage
 from serving.reasoning.options import resolve_reasoning_options
@@ -53,7 +54,7 @@ class QVQGenerator:
         self._filler_ids = filler_token_ids(tokenizer)
         self._cue_ids = tuple(tokenizer.encode(config.reasoning.final_answer_cue,
                                                add_special_tokens=False))
-        self._metrics = ReasoningMetrics(config.model.served_name)
+        self._metrics = GeneratorMetrics(config.model.served_name)
         self._engine: Engine = (engine_factory or VLLMEngine)(config)
         self._in_flight = {"live": 0, "batch": 0}
 
@@ -68,6 +69,7 @@ class QVQGenerator:
                         priority: int) -> AsyncIterator[GenerationEvent]:
         """accepted, deltas (reasoning and/or content), final: one pass, or two when the
         thinking budget runs out (the second continues after the final-answer cue)."""
+        started = time.monotonic()
         rendered = self._prompts.render(request.chat, images)
         options = resolve_reasoning_options(self._config.reasoning, request.chat,
                                             request.key_id)
@@ -76,6 +78,7 @@ class QVQGenerator:
         session = ReasoningSession(options, self._filler_ids)
         sampling = self._options(request, rendered)
         prompt_tokens, finish_reason = rendered.num_tokens, None
+        first_token_at = queue_s = None
         action = Next.CONTINUE
         passes = [(rendered.token_ids, sampling, request.request_id)]
         while passes:
@@ -86,6 +89,9 @@ class QVQGenerator:
                 async for step in steps:
                     if engine_request_id == request.request_id:
                         prompt_tokens = step.prompt_tokens or prompt_tokens
+                        queue_s = step.queue_s if step.queue_s is not None else queue_s
+                    if first_token_at is None and step.token_ids:
+                        first_token_at = time.monotonic()
                     deltas, action = session.feed(step.text, step.token_ids)
                     if deltas:
                         yield GenerationEvent("delta", text=deltas.content,
@@ -111,6 +117,15 @@ class QVQGenerator:
         if deltas:
             yield GenerationEvent("delta", text=deltas.content, reasoning=deltas.reasoning)
         self._metrics.record(outcome)
+        logger.info("%s done: %d prompt + %d completion tokens (%d reasoning), finish %s%s",
+                    request.request_id, prompt_tokens, session.completion_tokens,
+                    outcome.reasoning_tokens, finish_reason or "stop",
+                    f", loop {outcome.loop_action} (period {outcome.loop.period})"
+                    if outcome.loop else "")
+        self._metrics.record_timing(
+            ttft_s=None if first_token_at is None else first_token_at - started,
+            generation_s=None if first_token_at is None else time.monotonic() - first_token_at,
+            queue_s=queue_s)
         yield GenerationEvent("final", prompt_tokens=prompt_tokens,
                               completion_tokens=session.completion_tokens,
                               finish_reason=finish_reason or "stop", outcome=outcome,
@@ -201,8 +216,10 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
         QVQGenerator, name="QVQGenerator",
         ray_actor_options=actor_options,
         max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": bool(dep.access_log)},
+        logging_config={"enable_access_log": bool(dep.access_log),
+                        "encoding": config.server.log_encoding},
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=60,
         **options,

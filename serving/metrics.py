@@ -1,7 +1,11 @@
-"""Prometheus metrics of our own (Ray's metrics agent exports them beside Serve's).
+"""Prometheus metrics of our own, one class per role (Ray's metrics agent exports them beside
+Serve's and vLLM's).
 
-Created per replica in ``__init__`` (no module-level state); Ray prefixes every name with
-``ray_`` on export, e.g. ``ray_qvq_loop_guard_detections_total``.
+Each replica creates its role's metrics in ``__init__`` (no module-level state). Ray prefixes
+every name with ``ray_`` on export and counters get ``_total``: ``qvq_api_requests`` is scraped as
+``ray_qvq_api_requests_total``. The Grafana dashboard in ``helm/qvq-serving/dashboards`` plots
+them. Tag values are bounded: routes are our route templates, keys are configured API key ids
+(or ``anonymous``), stages and results are fixed words.
 """
 
 from __future__ import annotations
@@ -10,16 +14,76 @@ from ray.util import metrics
 
 from serving.reasoning.session import ReasoningOutcome
 
+_SECONDS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 _FRACTION_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 _TOKEN_BUCKETS = [64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+_BYTES = [2**k for k in range(10, 28, 2)]  # 1 KiB .. 128 MiB
+_PIXELS = [10**k for k in range(4, 9)] + [25_000_000, 64_000_000]
 
 
-class ReasoningMetrics:
-    """Per-answer reasoning signals: loops, budgets, final answers, reasoning tokens, language."""
+class RouterMetrics:
+    """API traffic per route and key, limits and backpressure, token usage per key."""
+
+    def __init__(self) -> None:
+        self.requests = metrics.Counter(
+            "qvq_api_requests", description="API responses by route, HTTP status and key.",
+            tag_keys=("route", "status", "key"))
+        self.latency = metrics.Histogram(
+            "qvq_api_request_seconds", description="Time from request to the last byte.",
+            boundaries=_SECONDS, tag_keys=("route",))
+        self.stream_ttft = metrics.Histogram(
+            "qvq_stream_time_to_first_token_seconds", description="Streams: time from request "
+            "to the first generated text, images and queues included.", boundaries=_SECONDS)
+        self.rate_limited = metrics.Counter(
+            "qvq_rate_limited", description="Requests refused with 429, by key and the limit "
+            "they hit.", tag_keys=("key", "limit"))
+        self.admission_rejected = metrics.Counter(
+            "qvq_admission_rejected", description="Requests refused with 503 because a "
+            "deployment's queue was full.", tag_keys=("deployment",))
+        self.tokens = metrics.Counter(
+            "qvq_tokens", description="Tokens per key by kind (prompt, completion, reasoning).",
+            tag_keys=("key", "kind"))
+        self.images = metrics.Counter(
+            "qvq_request_images", description="Images sent in chat requests, per key.",
+            tag_keys=("key",))
+
+
+class PreprocessorMetrics:
+    """Per-stage image latency, sizes, cache tiers."""
+
+    def __init__(self) -> None:
+        self.cache_lookups = metrics.Counter(
+            "qvq_image_cache_lookups", description="Preprocessed-image cache lookups by result.",
+            tag_keys=("result",))
+        self.stage_seconds = metrics.Histogram(
+            "qvq_image_stage_seconds", description="Time per image in each preprocessing stage "
+            "(fetch, decode, resize, store).", boundaries=_SECONDS, tag_keys=("stage",))
+        self.store_failures = metrics.Counter(
+            "qvq_image_store_failures", description="Request images that could not be stored.")
+        self.image_bytes = metrics.Histogram(
+            "qvq_image_bytes", description="Encoded size of each image received.",
+            boundaries=_BYTES)
+        self.source_pixels = metrics.Histogram(
+            "qvq_image_source_pixels", description="Pixels of each decoded source image.",
+            boundaries=_PIXELS)
+
+
+class GeneratorMetrics:
+    """Engine-side latency and the per-answer reasoning signals."""
 
     def __init__(self, model: str):
         self._tags = {"model": model}
         keys = ("model",)
+        self.ttft = metrics.Histogram(
+            "qvq_time_to_first_token_seconds", description="Generator: time from the request's "
+            "arrival at the replica to its first token (engine queue and prefill).",
+            boundaries=_SECONDS, tag_keys=keys)
+        self.engine_queue = metrics.Histogram(
+            "qvq_engine_queue_seconds", description="Time a request waited in vLLM's scheduler "
+            "queue before its first step.", boundaries=_SECONDS, tag_keys=keys)
+        self.generation = metrics.Histogram(
+            "qvq_generation_seconds", description="Time from the first to the last token.",
+            boundaries=_SECONDS, tag_keys=keys)
         self.loops = metrics.Counter(
             "qvq_loop_guard_detections", description="Answers in which the loop guard found "
             "back-to-back repetition, by action (detected: kept going; stopped).",
@@ -42,6 +106,13 @@ class ReasoningMetrics:
             "minority script (0: one script only).", boundaries=_FRACTION_BUCKETS,
             tag_keys=keys)
 
+    def record_timing(self, ttft_s: float | None, generation_s: float | None,
+                      queue_s: float | None) -> None:
+        for histogram, value in ((self.ttft, ttft_s), (self.generation, generation_s),
+                                 (self.engine_queue, queue_s)):
+            if value is not None and value >= 0:
+                histogram.observe(value, tags=self._tags)
+
     def record(self, outcome: ReasoningOutcome) -> None:
         tags = self._tags
         if outcome.loop is not None:
@@ -55,3 +126,16 @@ class ReasoningMetrics:
             self.language_minority.observe(language.minority_fraction, tags=tags)
             if language.mixed:
                 self.language_mixed.inc(1, tags={**tags, "dominant": language.dominant})
+
+
+class BatchMetrics:
+    """Batch progress: lines finished, jobs and lines still to go."""
+
+    def __init__(self) -> None:
+        self.lines = metrics.Counter(
+            "qvq_batch_lines", description="Batch lines finished, by status (completed, "
+            "failed).", tag_keys=("status",))
+        self.active = metrics.Gauge(
+            "qvq_batches_active", description="Batches validating or in progress.")
+        self.remaining = metrics.Gauge(
+            "qvq_batch_lines_remaining", description="Lines of active batches not finished yet.")

@@ -80,8 +80,8 @@ def error_response(exc: BaseException) -> JSONResponse:
         api_exc = to_api_error(exc)
     if not isinstance(api_exc, APIError):
         logger.exception("unhandled error", exc_info=exc)
-    headers = {"Retry-After": "5"} if api_exc.status_code == 503 else None
-    return JSONResponse(api_exc.to_openai(), status_code=api_exc.status_code, headers=headers)
+    return JSONResponse(api_exc.to_openai(), status_code=api_exc.status_code,
+                        headers=api_exc.response_headers() or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,7 +21,6 @@ import uuid
 from typing import Any
 
 from ray import serve
-from ray.util import metrics
 
 from serving.config import ServingConfig
 from serving.errors import (
@@ -43,6 +42,7 @@ from serving.images.sources import (
     parse_image_ref,
     parse_s3_url,
 )
+from serving.metrics import PreprocessorMetrics
 from serving.protocol import PreparedImage
 from serving.storage.base import ObjectNotFound, ObjectStore
 from serving.storage.factory import open_store
@@ -70,15 +70,7 @@ class ImagePreprocessor:
         self._inflight: dict[str, asyncio.Future[PreparedImage]] = {}
         self._background: set[asyncio.Task] = set()
         self._source_stores: dict[str, ObjectStore] = {}
-        self._cache_lookups = metrics.Counter(
-            "qvq_image_cache_lookups", description="Preprocessed-image cache lookups by result.",
-            tag_keys=("result",))
-        self._stage_seconds = metrics.Histogram(
-            "qvq_image_stage_seconds", description="Time per image in each preprocessing stage.",
-            boundaries=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-            tag_keys=("stage",))
-        self._store_failures = metrics.Counter(
-            "qvq_image_store_failures", description="Request images that could not be stored.")
+        self._metrics = PreprocessorMetrics()
 
     # ------------------------------------------------------------------ sources
 
@@ -114,16 +106,21 @@ class ImagePreprocessor:
             data = await self._fetcher.fetch(url)
         else:
             data = await asyncio.to_thread(self._read_s3, url)
-        self._stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "fetch"})
+        self._metrics.stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "fetch"})
+        self._metrics.image_bytes.observe(len(data))
         return data
 
     # ------------------------------------------------------------------ prepare
 
     async def prepare(self, urls: list[str]) -> list[PreparedImage]:
         """All images of one request, in order; the first failure fails the request."""
+        t0 = time.perf_counter()
         tasks = [asyncio.create_task(self._prepare_one(u)) for u in urls]
         try:
-            return list(await asyncio.gather(*tasks))
+            images = list(await asyncio.gather(*tasks))
+            logger.info("prepared %d image(s) in %.0f ms (cache: %s)", len(images),
+                        (time.perf_counter() - t0) * 1e3, ",".join(i.cache for i in images))
+            return images
         finally:
             for t in tasks:
                 t.cancel()
@@ -139,11 +136,11 @@ class ImagePreprocessor:
         key = cache_key(sha, self._image.min_pixels, self._image.max_pixels)
         hit = self._lru.get(key)
         if hit is not None:
-            self._cache_lookups.inc(tags={"result": "memory"})
+            self._metrics.cache_lookups.inc(tags={"result": "memory"})
             return dataclasses.replace(hit, cache="memory")
         pending = self._inflight.get(key)
         if pending is not None:  # the same image is being decoded right now: share it
-            self._cache_lookups.inc(tags={"result": "memory"})
+            self._metrics.cache_lookups.inc(tags={"result": "memory"})
             return dataclasses.replace(await asyncio.shield(pending), cache="memory")
         future: asyncio.Future[PreparedImage] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -167,12 +164,12 @@ class ImagePreprocessor:
                 logger.warning("preprocessed-image store lookup failed: %s", exc.message)
                 stored = None
             if stored is not None:
-                self._cache_lookups.inc(tags={"result": "store"})
+                self._metrics.cache_lookups.inc(tags={"result": "store"})
                 self._lru.put(key, stored)
                 if data is not None:
                     await self._keep_original(data, stored)
                 return stored
-        self._cache_lookups.inc(tags={"result": "miss"})
+        self._metrics.cache_lookups.inc(tags={"result": "miss"})
         if data is None:
             try:
                 data = await asyncio.to_thread(self._catalog.get_image_bytes, sha)
@@ -188,13 +185,15 @@ class ImagePreprocessor:
     async def _decode_and_cache(self, data: bytes, sha: str) -> PreparedImage:
         """Decode off the event loop, then fill both cache tiers (the store one in background)."""
         lo, hi = self._image.min_pixels, self._image.max_pixels
-        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
         image = await asyncio.to_thread(
             decode_image, data, min_pixels=lo, max_pixels=hi,
             max_source_pixels=self._image.max_source_pixels,
             allowed_formats=self._image.allowed_formats, sha256=sha,
-            jpeg_draft_coverage=self._image.jpeg_draft_coverage)
-        self._stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "decode"})
+            jpeg_draft_coverage=self._image.jpeg_draft_coverage, timings=timings)
+        for stage, seconds in timings.items():
+            self._metrics.stage_seconds.observe(seconds, tags={"stage": stage})
+        self._metrics.source_pixels.observe(image.source_width * image.source_height)
         self._lru.put(cache_key(sha, lo, hi), image)
         if self._cache_cfg.store_tier:
             self._in_background(self._catalog.put_preprocessed, image, lo, hi)
@@ -211,9 +210,12 @@ class ImagePreprocessor:
     def _in_background(self, fn, *args: Any) -> None:
         async def run() -> None:
             try:
+                t0 = time.perf_counter()
                 await asyncio.to_thread(fn, *args)
+                self._metrics.stage_seconds.observe(time.perf_counter() - t0,
+                                                    tags={"stage": "store"})
             except Exception as exc:  # noqa: BLE001 - best effort by configuration
-                self._store_failures.inc()
+                self._metrics.store_failures.inc()
                 logger.warning("background store write failed: %r", exc)
 
         task = asyncio.create_task(run())
@@ -294,6 +296,8 @@ def preprocessor_deployment(config: ServingConfig) -> serve.Deployment:
         ImagePreprocessor, name="ImagePreprocessor",
         ray_actor_options=dep.actor_options(),
         max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": bool(dep.access_log)},
+        logging_config={"enable_access_log": bool(dep.access_log),
+                        "encoding": config.server.log_encoding},
     )

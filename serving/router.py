@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,14 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.admission import (
+    Gatekeeper,
+    RequestScope,
+    Ticket,
+    close_scope,
+    current_scope,
+    open_scope,
+)
 from serving.auth import ApiKeyAuthenticator
 from serving.batch.store import TERMINAL, BatchStore, new_batch, owner_of, public
 from serving.batch.validate import ENDPOINT as BATCH_ENDPOINT
@@ -32,12 +41,17 @@ from serving.errors import (
     NotFoundError,
     PayloadTooLargeError,
     QVQError,
+    RateLimitError,
     ServiceUnavailableError,
+    replica_died,
     to_api_error,
+    unwrap,
 )
 from serving.files import FileStore
 from serving.images.sources import describe_size, request_image_urls
+from serving.metrics import RouterMetrics
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
+from serving.openapi import install_openapi
 from serving.protocol import (
     BatchCreateRequest,
     ChatCompletion,
@@ -73,10 +87,15 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
 class ChatFrontend:
     """Request handling independent of FastAPI routing (unit-testable with fake handles)."""
 
-    def __init__(self, config: ServingConfig, preprocessor: Any, generator: Any):
+    def __init__(self, config: ServingConfig, preprocessor: Any, generator: Any,
+                 limiter: Any | None = None):
         self._config = config
         self.pre = preprocessor
         self._gen = generator
+        self.metrics = RouterMetrics()
+        self.gate = Gatekeeper(config, limiter, self.metrics)
+        self.max_body_bytes = config.server.max_request_body_bytes
+        self._retries = config.server.replica_failure_retries
         self._auth = ApiKeyAuthenticator(config.auth.resolve_keys())
         self._model_ids = set(config.model.model_ids)
         self.max_image_bytes = config.image.max_image_bytes
@@ -100,11 +119,45 @@ class ChatFrontend:
         if input_file.purpose != "batch":
             raise InvalidRequestError("the input file must have purpose 'batch'",
                                       param="input_file_id")
+        self._check_batch_quota(key_id, input_file.bytes)
         batch = new_batch(owner_of(key_id), input_file_id=body.input_file_id,
                           endpoint=body.endpoint, completion_window=body.completion_window,
                           metadata=body.metadata, window_s=24 * 3600)
         self.batches.create(batch)
         return public(batch)
+
+    def _check_batch_quota(self, key_id: str | None, new_bytes: int) -> None:
+        """Active batches and their input bytes per key (a soft quota: two creates racing
+        can both pass; the next one sees them)."""
+        limits = self._config.limits.for_key(key_id)
+        if limits.max_active_batches is None and limits.max_active_batch_bytes is None:
+            return
+        owner = owner_of(key_id)
+        mine = [batch_id for who, batch_id in self.batches.active() if who == owner]
+        key = key_id or "anonymous"
+        if limits.max_active_batches is not None and len(mine) >= limits.max_active_batches:
+            self.metrics.rate_limited.inc(tags={"key": key, "limit": "batches"})
+            raise RateLimitError(
+                f"Batch quota reached for key {key!r}: {len(mine)} active batches, limit "
+                f"{limits.max_active_batches}. Wait for one to finish or cancel one.",
+                limit="batches", code="batch_quota_exceeded", retry_after_s=60)
+        if limits.max_active_batch_bytes is not None:
+            active_bytes = 0
+            for batch_id in mine:
+                try:
+                    batch = self.batches.load(owner, batch_id)
+                    active_bytes += self.files.get(key_id, batch["input_file_id"]).bytes
+                except NotFoundError:
+                    continue
+            if active_bytes + new_bytes > limits.max_active_batch_bytes:
+                self.metrics.rate_limited.inc(tags={"key": key, "limit": "batches"})
+                raise RateLimitError(
+                    f"Batch quota reached for key {key!r}: active batches hold "
+                    f"{describe_size(active_bytes)} of input and this one "
+                    f"{describe_size(new_bytes)}, over the "
+                    f"{describe_size(limits.max_active_batch_bytes)} limit. Wait for a batch "
+                    "to finish.", limit="batches", code="batch_quota_exceeded",
+                    retry_after_s=60)
 
     def cancel_batch(self, key_id: str | None, batch_id: str) -> dict[str, Any]:
         batch = self.batches.load(owner_of(key_id), batch_id)
@@ -139,8 +192,10 @@ class ChatFrontend:
                                   max_images=self._config.image.max_images_per_request,
                                   allowed_buckets=self._config.storage.allowed_source_buckets)
 
-    def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str):
-        urls = self._validate(chat, key_id)
+    def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str,
+                  urls: list[str]):
+        if urls:
+            self.metrics.images.inc(len(urls), tags={"key": key_id or "anonymous"})
         request = GenerationRequest(request_id=new_completion_id(),
                                     chat=chat.without_image_data() if urls else chat,
                                     key_id=key_id)
@@ -152,23 +207,54 @@ class ChatFrontend:
 
     async def complete(self, chat: ChatCompletionRequest,
                        key_id: str | None) -> tuple[ChatCompletion, GenerationEvent]:
-        request, pending = self._dispatch(chat, key_id, "complete")
-        final: GenerationEvent = await pending
+        urls = self._validate(chat, key_id)
+        ticket = await self.gate.enter(chat, key_id)
+        final: GenerationEvent | None = None
+        try:
+            for attempt in range(self._retries + 1):
+                request, pending = self._dispatch(chat, key_id, "complete", urls)
+                try:
+                    final = await pending
+                    break
+                except Exception as exc:
+                    if attempt == self._retries or not replica_died(exc):
+                        raise
+                    await self._before_retry(request, exc, attempt)
+        finally:
+            self.gate.leave(ticket, final)
         return completion_response(request.request_id, request.created, chat.model, final), final
+
+    async def _before_retry(self, request: GenerationRequest, exc: BaseException,
+                            attempt: int) -> None:
+        logger.warning("%s: a replica died (%s); sending the request again (attempt %d)",
+                       request.request_id, type(unwrap(exc)).__name__, attempt + 2)
+        await asyncio.sleep(0.5 * (attempt + 1))
 
     async def open_stream(self, chat: ChatCompletionRequest,
                           key_id: str | None) -> tuple[AsyncIterator[bytes], GenerationEvent]:
         """Start generation and wait for acceptance; errors before that raise (HTTP status)."""
-        request, stream = self._dispatch(chat, key_id, "stream")
+        urls = self._validate(chat, key_id)
+        ticket = await self.gate.enter(chat, key_id)
         try:
-            accepted = await stream.__anext__()
+            for attempt in range(self._retries + 1):
+                request, stream = self._dispatch(chat, key_id, "stream", urls)
+                try:
+                    accepted = await stream.__anext__()
+                    break
+                except BaseException as exc:
+                    stream.cancel()
+                    if attempt == self._retries or not isinstance(exc, Exception) \
+                            or not replica_died(exc):
+                        raise
+                    await self._before_retry(request, exc, attempt)
         except BaseException:
-            stream.cancel()
+            self.gate.leave(ticket, None)
             raise
-        return self._sse(request, chat, stream, accepted), accepted
+        return self._sse(request, chat, stream, accepted, ticket, current_scope()), accepted
 
     async def _sse(self, request: GenerationRequest, chat: ChatCompletionRequest, stream: Any,
-                   accepted: GenerationEvent) -> AsyncIterator[bytes]:
+                   accepted: GenerationEvent, ticket: Ticket,
+                   scope: RequestScope | None) -> AsyncIterator[bytes]:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
 
         def chunk(delta: Delta, final: GenerationEvent | None = None,
@@ -182,11 +268,15 @@ class ChatFrontend:
                 choices=[choice] if choices else [], usage=usage)
             return b"data: " + body.model_dump_json(exclude_none=not usage).encode() + b"\n\n"
 
+        final = None
+        first_text = True
         try:
             yield chunk(Delta(role="assistant", content=""))
-            final = None
             async for event in stream:
                 if event.text or event.reasoning:
+                    if first_text and scope is not None:
+                        first_text = False
+                        self.metrics.stream_ttft.observe(time.monotonic() - scope.started)
                     yield chunk(Delta(content=event.text or None,
                                       reasoning_content=event.reasoning or None))
                 if event.kind == "final":
@@ -206,6 +296,10 @@ class ChatFrontend:
             yield b"data: " + json.dumps(api_exc.to_openai()).encode() + b"\n\n"
         finally:
             stream.cancel()
+            self.gate.leave(ticket, final)
+            if scope is not None:
+                self.metrics.latency.observe(time.monotonic() - scope.started,
+                                             tags={"route": scope.route})
         yield b"data: [DONE]\n\n"
 
     async def health(self) -> dict[str, str]:
@@ -240,6 +334,13 @@ async def read_capped_body(request: Request, cap: int, limit_text: str) -> bytes
             raise PayloadTooLargeError(f"upload is over the {limit_text}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_json_body(request: Request, cap: int) -> bytes:
+    """A JSON body, refused with 413 before parsing when it is over ``cap`` bytes."""
+    return await read_capped_body(
+        request, cap, f"{describe_size(cap)} request body limit (server.max_request_body_bytes); "
+        "send large images by URL or upload them first (POST /v1/images)")
 
 
 async def multipart_form(request: Request, body: bytes):
@@ -299,38 +400,60 @@ def _json(model: Any, status: int = 200) -> Response:
 
 
 def openai_errors(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """Every route answers errors through the one mapping (error_response), never a trace."""
+    """Every route answers errors through the one mapping (error_response), never a trace.
+
+    It also opens the request's :class:`RequestScope`: the rate-limit headers the route
+    collected go on the response, error or not, and the router's metrics count it (a stream's
+    latency is recorded when the stream ends).
+    """
     @functools.wraps(route)
     async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        scope, token = open_scope(route.__name__)
         try:
-            return await route(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the one error mapping
-            return error_response(exc)
+            try:
+                response = await route(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the one error mapping
+                response = error_response(exc)
+            response.headers.update(scope.headers)
+            frontend = getattr(args[0], "frontend", None) if args else None
+            if isinstance(frontend, ChatFrontend):
+                metrics = frontend.metrics
+                metrics.requests.inc(tags={"route": scope.route,
+                                           "status": str(response.status_code),
+                                           "key": scope.key})
+                if not isinstance(response, StreamingResponse):
+                    metrics.latency.observe(time.monotonic() - scope.started,
+                                            tags={"route": scope.route})
+            return response
+        finally:
+            close_scope(token)
     return wrapper
 
 
-def build_api() -> FastAPI:
+def build_api(model_ids: list[str] | None = None) -> FastAPI:
     api = FastAPI(title="qvq-serving", version="0.1.0",
                   description="OpenAI-compatible API for QVQ-72B-Preview")
     install_error_handlers(api)
+    install_openapi(api, model_ids)
     return api
 
 
 def router_deployment(config: ServingConfig) -> serve.Deployment:
-    api = build_api()
+    api = build_api(list(config.model.model_ids))
 
     @serve.ingress(api)
     class Router:
         def __init__(self, config: ServingConfig, preprocessor: DeploymentHandle,
-                     generator: DeploymentHandle, runner: DeploymentHandle):
-            self.frontend = ChatFrontend(config, preprocessor, generator)
+                     generator: DeploymentHandle, runner: DeploymentHandle,
+                     limiter: DeploymentHandle | None = None):
+            self.frontend = ChatFrontend(config, preprocessor, generator, limiter)
             self.runner = runner
 
         @api.post("/v1/chat/completions")
         @openai_errors
         async def chat_completions(self, request: Request) -> Response:
             key_id = self.frontend.authenticate(request)
-            chat = parse_chat_request(await request.body())
+            chat = parse_chat_request(await read_json_body(request, self.frontend.max_body_bytes))
             if chat.stream:
                 body, accepted = await self.frontend.open_stream(chat, key_id)
                 return StreamingResponse(body, media_type="text/event-stream",
@@ -425,7 +548,8 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         async def create_batch(self, request: Request) -> Response:
             key_id = self.frontend.authenticate(request)
             try:
-                body = BatchCreateRequest.model_validate_json(await request.body())
+                body = BatchCreateRequest.model_validate_json(
+                    await read_json_body(request, self.frontend.max_body_bytes))
             except ValidationError as exc:
                 raise validation_to_error(exc) from None
             batch = await asyncio.to_thread(self.frontend.create_batch, key_id, body)
@@ -478,7 +602,9 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         Router, name="Router",
         ray_actor_options=dep.actor_options(),
         max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": dep.access_log is not False},
+        logging_config={"enable_access_log": dep.access_log is not False,
+                        "encoding": config.server.log_encoding},
     )
 

@@ -18,6 +18,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _trickle(self, body: bytes, content_type: str, *, parts: int, pause_s: float) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            step = max(1, len(body) // parts)
+            for i in range(0, len(body), step):
+                time.sleep(pause_s)
+                self.wfile.write(body[i:i + step])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def do_GET(self):  # noqa: N802
         port = self.server.server_address[1]
         routes = {
@@ -32,6 +46,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         }
         if self.path == "/slow":
             time.sleep(3)
+        if self.path == "/slow.png":  # a valid image trickled over ~3 s, 0.5 s between reads
+            self._trickle(PNG, "image/png", parts=6, pause_s=0.5)
+            return
         status, body, headers = routes.get(self.path, (404, b"", {}))
         try:
             self.send_response(status)

@@ -47,8 +47,15 @@ class WeedServer:
 
     def start(self, timeout_s: float = 60) -> WeedServer:
         if self.ports is None:
-            self.ports = {name: _free_port_pair() for name in
-                          ("s3", "master", "volume", "filer", "admin", "webdav")}
+            # weed reserves port + 10000 of each service for gRPC: no port may be another's twin
+            taken: set[int] = set()
+            self.ports = {}
+            for name in ("s3", "master", "volume", "filer", "admin", "webdav"):
+                port = _free_port_pair()
+                while {port, port + 10000} & taken:
+                    port = _free_port_pair()
+                taken |= {port, port + 10000}
+                self.ports[name] = port
         weed = shutil.which("weed", path=os.path.dirname(sys.executable)) or "weed"
         p = self.ports
         argv = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

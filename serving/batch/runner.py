@@ -28,6 +28,7 @@ from serving.errors import NotFoundError, to_api_error
 from serving.files import FileStore
 from serving.generator import BATCH_PRIORITY
 from serving.images.sources import request_image_urls
+from serving.metrics import BatchMetrics
 from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
 from serving.reasoning.options import resolve_reasoning_options
 from serving.storage.factory import open_store
@@ -61,6 +62,8 @@ class BatchRunner:
         self._jobs: dict[str, asyncio.Task] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.Task | None = None
+        self._metrics = BatchMetrics()
+        self._remaining: dict[str, int] = {}  # batch id -> lines not finished yet
 
     # ---------------------------------------------------------------- control
 
@@ -83,7 +86,9 @@ class BatchRunner:
     async def _run_forever(self) -> None:
         while True:
             try:
-                for owner, batch_id in await asyncio.to_thread(self._batches.active):
+                active = await asyncio.to_thread(self._batches.active)
+                self._metrics.active.set(len(active))
+                for owner, batch_id in active:
                     task = self._jobs.get(batch_id)
                     if task is None or task.done():
                         self._jobs[batch_id] = asyncio.create_task(self._drive(owner, batch_id))
@@ -164,6 +169,13 @@ class BatchRunner:
             done[chunk] = (len(results) - failed, failed)
             batch["request_counts"].update(completed=sum(c for c, _ in done.values()),
                                            failed=sum(f for _, f in done.values()))
+            self._metrics.lines.inc(len(results) - failed, tags={"status": "completed"})
+            if failed:
+                self._metrics.lines.inc(failed, tags={"status": "failed"})
+            counts = batch["request_counts"]
+            self._remaining[batch["id"]] = counts["total"] - counts["completed"] \
+                - counts["failed"]
+            self._metrics.remaining.set(sum(self._remaining.values()))
             await asyncio.to_thread(self._batches.save, batch)  # the checkpoint
         return batch
 
@@ -196,6 +208,8 @@ class BatchRunner:
         batch.update(status=final, **{f"{final}_at": now})
         await asyncio.to_thread(self._batches.save, batch)
         await asyncio.to_thread(self._batches.deactivate, batch["id"])
+        self._remaining.pop(batch["id"], None)
+        self._metrics.remaining.set(sum(self._remaining.values()))
         logger.info("batch %s %s: %s", batch["id"], final, batch["request_counts"])
 
     # ---------------------------------------------------------------- one request
@@ -268,6 +282,7 @@ def runner_deployment(config: ServingConfig) -> serve.Deployment:
                            **({"resources": dict(config.batch.resources)}
                               if config.batch.resources else {})},
         max_ongoing_requests=64, health_check_period_s=2,
+        logging_config={"enable_access_log": False, "encoding": config.server.log_encoding},
     )
 
 

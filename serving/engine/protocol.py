@@ -34,6 +34,7 @@ class EngineStep:
     completion_tokens: int
     finish_reason: str | None = None
     token_ids: tuple[int, ...] = ()
+    queue_s: float | None = None  # on the last step: time in the engine's scheduler queue
 
 
 class Engine(Protocol):

@@ -40,6 +40,12 @@ def engine_env(config: ServingConfig) -> dict[str, str]:
     }
 
 
+def _queue_seconds(out) -> float | None:
+    stats = getattr(out, "metrics", None)
+    queued, scheduled = getattr(stats, "queued_ts", 0.0), getattr(stats, "scheduled_ts", 0.0)
+    return scheduled - queued if queued and scheduled else None
+
+
 class VLLMEngine:
     def __init__(self, config: ServingConfig):
         for key, value in engine_env(config).items():
@@ -104,7 +110,8 @@ class VLLMEngine:
                                      prompt_tokens=len(out.prompt_token_ids or ()),
                                      completion_tokens=completion_tokens,
                                      finish_reason=step.finish_reason if out.finished else None,
-                                     token_ids=tuple(step.token_ids))
+                                     token_ids=tuple(step.token_ids),
+                                     queue_s=_queue_seconds(out) if out.finished else None)
         except ValueError as exc:  # vLLM's input validation: message is about the request
             raise InvalidRequestError(str(exc)) from None
         except (EngineDeadError, EngineGenerateError) as exc:

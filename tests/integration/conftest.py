@@ -20,6 +20,13 @@ from tests.image_server import image_server
 
 API_KEY = "sk-test-integration"
 OTHER_KEY = "sk-test-other"
+# One key per limit, so each limits test starts from a full bucket (test_limits.py).
+LIMITED_KEYS = {"rpm": "sk-test-rpm", "concurrent": "sk-test-concurrent",
+                "tpm": "sk-test-tpm", "images": "sk-test-images", "batches": "sk-test-batches"}
+KEY_LIMITS = {"rpm": {"requests_per_minute": 3}, "concurrent": {"concurrent_requests": 2},
+              "tpm": {"tokens_per_minute": 3000}, "images": {"images_per_minute": 2},
+              "batches": {"max_active_batches": 1}}
+MAX_BODY_BYTES = 4 * 2**20
 START_TIMEOUT_S = 420
 
 
@@ -52,6 +59,9 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
     config["batch"] = {"chunk_size": 4, "poll_interval_s": 0.5, "max_concurrency": 4}
     config["reasoning"] = {"per_key": {"other": {"default_max_reasoning_tokens": 32,
                                                  "max_reasoning_tokens_ceiling": 64}}}
+    config["limits"] = {"per_key": {f"limited-{name}": limits
+                                    for name, limits in KEY_LIMITS.items()}}
+    config["server"].update(max_request_body_bytes=MAX_BODY_BYTES, max_in_flight_requests=48)
     # One preprocessor replica: the cache tests assert which tier answered, and a second
     # replica (the local config autoscales at 1 request in flight) has its own memory tier.
     # Scaling itself is measured by loadtest.autoscale.
@@ -61,15 +71,21 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
                          "allowed_source_buckets": ["qvq-sources"]}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = (tmp / "serve.log").open("w")
-    env = {**os.environ, "QVQ_TEST_KEYS": f"ci:{API_KEY},other:{OTHER_KEY}",
+    keys = [f"ci:{API_KEY}", f"other:{OTHER_KEY}",
+            *(f"limited-{name}:{key}" for name, key in LIMITED_KEYS.items())]
+    env = {**os.environ, "QVQ_TEST_KEYS": ",".join(keys),
            "RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", str(path)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
+    state = {"base": base, "config": config, "log": tmp / "serve.log", "s3": s3_server}
+
+    def start() -> None:
+        """Start `qvq serve` and wait until /health answers (also used to restart it)."""
+        with (tmp / "serve.log").open("a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "serving.cli", "serve", "--config", str(path)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        state["proc"] = proc
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"qvq serve exited early; log: {tmp / 'serve.log'}\n"
@@ -83,16 +99,26 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
                 raise RuntimeError("qvq serve did not become healthy in time:\n"
                                    + (tmp / "serve.log").read_text()[-4000:])
             time.sleep(2)
-        yield {"base": base, "config": config, "log": tmp / "serve.log", "proc": proc,
-               "s3": s3_server}
-    finally:
+        # the Ray session of this stack (later tests may start other Ray clusters)
+        state["ray_session"] = pathlib.Path("/tmp/ray/session_latest").resolve()
+
+    def stop() -> None:
+        proc = state.get("proc")
+        if proc is None or proc.poll() is not None:
+            return
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
+
+    state["start"], state["stop"] = start, stop
+    try:
+        start()
+        yield state
+    finally:
+        stop()
 
 
 @pytest.fixture
@@ -115,3 +141,5 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if here in pathlib.Path(item.fspath).parents:
             item.add_marker(pytest.mark.slow)
+    # the fault tests kill replicas, the object store and the whole app: they run last
+    items.sort(key=lambda item: pathlib.Path(item.fspath).name == "test_faults.py")

@@ -99,3 +99,19 @@ def test_partial_deployment_sections_keep_the_role_defaults():
     # a dumped config loads back to itself
     again = config_from_dict(config.model_dump(mode="json"), environ={})
     assert again == config
+
+
+def test_router_admission_cap_must_leave_the_router_room_to_refuse():
+    import pytest
+
+    from serving.config import config_from_dict
+    from serving.errors import ConfigError
+
+    base = {"model": {"path": "m"}}
+    assert config_from_dict(base, environ={}).server.max_in_flight_requests == 448
+    with pytest.raises(ConfigError, match="must be below deployments.router.max_ongoing"):
+        config_from_dict({**base, "server": {"max_in_flight_requests": 512}}, environ={})
+    limits = config_from_dict({**base, "limits": {"default": {"requests_per_minute": 5},
+                                                  "per_key": {"a": {}}}}, environ={}).limits
+    assert limits.any_limits and limits.for_key("a").requests_per_minute is None
+    assert limits.for_key("b").requests_per_minute == 5 == limits.for_key(None).requests_per_minute

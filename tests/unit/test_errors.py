@@ -104,3 +104,24 @@ def test_echoed_input_is_elided_so_error_bodies_stay_short(body):
     assert " ... " in err.message
     assert err.message.endswith(("; remove it", "supported: system, user, assistant",
                                  "supported: text, image_url"))
+
+
+def test_replica_death_is_recognised_through_serve_and_ray_wrappers():
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.serve.exceptions import RayServeException
+
+    from serving.errors import replica_died, to_api_error
+
+    died = ActorDiedError()
+    wrapped = RayTaskError("f", "tb", died)
+    try:
+        try:
+            raise wrapped
+        except RayTaskError as inner:
+            raise RayServeException("an upstream actor died") from inner
+    except RayServeException as outer:
+        serve_error = outer
+    assert replica_died(died) and replica_died(serve_error)
+    assert not replica_died(ValueError("bad request"))
+    api = to_api_error(serve_error)
+    assert api.status_code == 503 and api.code == "replica_unavailable"

@@ -1,0 +1,167 @@
+"""Per-key limits, batch quotas, the request body limit and router admission control on the
+real stack: 429 with Retry-After and x-ratelimit-* headers, 413 before parsing, 503 with
+Retry-After beyond capacity, and the openai client's view of each."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.images import data_url, encode, photo
+from tests.integration.conftest import LIMITED_KEYS, MAX_BODY_BYTES
+from tests.integration.test_batches import jsonl, line, wait
+from tests.integration.test_chat import MODEL, chat_body
+
+
+def keyed(server, name: str) -> httpx.Client:
+    return httpx.Client(base_url=server["base"], timeout=120,
+                        headers={"Authorization": f"Bearer {LIMITED_KEYS[name]}"})
+
+
+def test_requests_per_minute_gives_429_with_retry_after_and_headers(server):
+    with keyed(server, "rpm") as client:
+        seen = []
+        for _ in range(3):
+            resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+            assert resp.status_code == 200, resp.text
+            seen.append(int(resp.headers["x-ratelimit-remaining-requests"]))
+            assert resp.headers["x-ratelimit-limit-requests"] == "3"
+            assert resp.headers["x-ratelimit-reset-requests"].endswith("s")
+        assert seen == [2, 1, 0]
+        refused = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        assert "requests per minute: limit 3" in error["message"]
+        assert 1 <= int(refused.headers["Retry-After"]) <= 20
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    client = openai.OpenAI(base_url=f"{server['base']}/v1", api_key=LIMITED_KEYS["rpm"],
+                           max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=MODEL, max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}])
+
+
+def test_unlimited_keys_get_no_rate_headers_and_no_limiter_hop_cost(client):
+    resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+    assert resp.status_code == 200
+    assert not [h for h in resp.headers if h.startswith("x-ratelimit")]
+
+
+def test_concurrent_requests_are_capped_per_key(server):
+    body = chat_body("Count the apples in the picture and explain step by step.",
+                     max_tokens=3000, stream=True, loop_guard="off", temperature=0.0)
+    with keyed(server, "concurrent") as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as first, \
+                client.stream("POST", "/v1/chat/completions", json=body) as second:
+            assert first.status_code == second.status_code == 200
+            third = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+            assert third.status_code == 429
+            assert "concurrent requests: limit 2" in third.json()["error"]["message"]
+            assert third.headers["x-ratelimit-remaining-concurrent"] == "0"
+            assert "Retry-After" in third.headers
+        deadline = time.monotonic() + 10  # the streams' leases are released as they close
+        while True:
+            resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+            if resp.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert resp.status_code == 200, resp.text
+
+
+def test_tokens_per_minute_reserve_and_settle(server):
+    with keyed(server, "tpm") as client:
+        too_big = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=3500))
+        assert too_big.status_code == 429
+        assert too_big.json()["error"]["type"] == "tokens"
+        assert "Request too large" in too_big.json()["error"]["message"]
+        ok = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2000))
+        assert ok.status_code == 200
+        # the reservation (~2000) was settled with the real usage (a few dozen tokens)
+        used = ok.json()["usage"]["total_tokens"]
+        remaining = int(client.post("/v1/chat/completions",
+                                    json=chat_body("hi", max_tokens=1)).headers
+                        ["x-ratelimit-remaining-tokens"])
+        assert remaining >= 3000 - used - 200
+
+
+def test_images_per_minute(server):
+    image = data_url(encode(photo(64, 48, seed=5), "JPEG"), "image/jpeg")
+    content = [{"type": "image_url", "image_url": {"url": image}},
+               {"type": "text", "text": "What?"}]
+    with keyed(server, "images") as client:
+        two = client.post("/v1/chat/completions",
+                          json=chat_body([content[0], content[0], content[1]]))
+        assert two.status_code == 200, two.text
+        assert two.headers["x-ratelimit-remaining-images"] == "0"
+        one_more = client.post("/v1/chat/completions", json=chat_body(content))
+        assert one_more.status_code == 429 and "images per minute" in one_more.text
+        text_only = client.post("/v1/chat/completions", json=chat_body("hi"))
+        assert text_only.status_code == 200
+
+
+def test_active_batch_quota(server):
+    client = openai.OpenAI(base_url=f"{server['base']}/v1", api_key=LIMITED_KEYS["batches"],
+                           max_retries=0)
+    lines = [line(f"q{i}", "Count.", max_tokens=64) for i in range(6)]
+    upload = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    first = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                              completion_window="24h")
+    assert exc.value.body["code"] == "batch_quota_exceeded"
+    assert "1 active batches, limit 1" in exc.value.body["message"]
+    assert wait(client, first.id).status == "completed"
+    client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                          completion_window="24h")
+
+
+def test_body_limit_is_enforced_before_parsing(client):
+    junk = b"{" + b"x" * (MAX_BODY_BYTES + 10)  # not even JSON: the size is refused first
+    resp = client.post("/v1/chat/completions", content=junk,
+                       headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "payload_too_large"
+    assert "request body limit" in resp.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: counted while read
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b"x" * 65536
+
+    resp = client.post("/v1/chat/completions", content=chunks(),
+                       headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert client.post("/v1/chat/completions", json=chat_body("hi")).status_code == 200
+
+
+def test_beyond_router_capacity_is_503_with_retry_after_never_a_queue(server, client):
+    """48 requests in flight per router replica (test config): hold 48 streams open (greedy
+    decoding of the tiny model loops and never ends early; the engine runs 32 at a time),
+    then one more is refused at once."""
+    body = chat_body("Count the apples in the picture and explain step by step.",
+                     max_tokens=3000, loop_guard="off", temperature=0.0, stream=True)
+    with contextlib.ExitStack() as held:
+        for _ in range(48):
+            resp = held.enter_context(client.stream("POST", "/v1/chat/completions", json=body))
+            assert resp.status_code == 200
+        refused = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["Retry-After"]) >= 1
+        with pytest.raises(openai.InternalServerError):  # what the openai client raises
+            openai.OpenAI(base_url=f"{server['base']}/v1", api_key="sk-test-integration",
+                          max_retries=0).chat.completions.create(
+                model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    deadline = time.monotonic() + 30  # closed streams give their slots back
+    while True:
+        resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
+        if resp.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert resp.status_code == 200, resp.text

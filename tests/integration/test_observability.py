@@ -1,0 +1,98 @@
+"""What operators see: x-request-id on every response and in the JSON logs of every deployment
+the request crossed, our Prometheus metrics on Ray's metrics endpoint, and logs that never hold
+an API key or a storage secret."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+
+from tests.images import data_url, encode, photo
+from tests.integration.conftest import API_KEY, LIMITED_KEYS, OTHER_KEY
+from tests.integration.test_chat import chat_body
+from tests.s3_server import SECRET_KEY
+
+
+def serve_logs(server) -> dict[str, list[dict]]:
+    """Deployment name -> JSON log records of its replicas (this stack's Ray session)."""
+    out: dict[str, list[dict]] = {}
+    for path in (server["ray_session"] / "logs" / "serve").glob("replica_*.log"):
+        for raw in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            out.setdefault(record.get("deployment", "?"), []).append(record)
+    return out
+
+
+def test_request_id_is_returned_and_logged_by_every_deployment(client, server):
+    request_id = f"test-{uuid.uuid4().hex}"
+    image = data_url(encode(photo(96, 64, seed=41), "JPEG"), "image/jpeg")
+    resp = client.post("/v1/chat/completions", headers={"x-request-id": request_id},
+                       json=chat_body([{"type": "image_url", "image_url": {"url": image}},
+                                       {"type": "text", "text": "What?"}]))
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == request_id
+    generated = client.post("/v1/chat/completions", json=chat_body("hi"))
+    assert generated.headers.get("x-request-id")  # one is made up when the client sends none
+    bad = client.post("/v1/chat/completions", json={"model": "nope"})
+    assert bad.status_code == 400 and bad.headers.get("x-request-id")
+    deadline = time.monotonic() + 30
+    while True:
+        logs = serve_logs(server)
+        found = {dep for dep, records in logs.items()
+                 if any(r.get("request_id") == request_id for r in records)}
+        if found >= {"Router", "ImagePreprocessor", "QVQGenerator"} \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert found >= {"Router", "ImagePreprocessor", "QVQGenerator"}, found
+    generator_lines = [r["message"] for r in logs["QVQGenerator"]
+                       if r.get("request_id") == request_id]
+    assert any("prompt +" in m and "completion tokens" in m for m in generator_lines)
+
+
+def metrics_text(server) -> str:
+    session = server["ray_session"]
+    port = next(session.glob("metrics_export_port_*")).read_text().strip()
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def test_our_metrics_reach_rays_prometheus_endpoint(client, server):
+    image = data_url(encode(photo(80, 60, seed=43), "PNG"), "image/png")
+    client.post("/v1/chat/completions", json=chat_body(
+        [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "?"}]))
+    client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=300, temperature=0.0))
+    with client.stream("POST", "/v1/chat/completions",
+                       json=chat_body("hi", stream=True)) as resp:
+        resp.read()
+    wanted = ['ray_qvq_api_requests_total{', 'route="chat_completions"',
+              'ray_qvq_api_request_seconds_bucket', 'ray_qvq_tokens_total{',
+              'kind="completion"', 'ray_qvq_image_stage_seconds_bucket', 'stage="decode"',
+              'stage="resize"', 'stage="fetch"', 'ray_qvq_image_cache_lookups_total',
+              'ray_qvq_image_bytes_bucket', 'ray_qvq_time_to_first_token_seconds_bucket',
+              'ray_qvq_generation_seconds_bucket', 'ray_qvq_final_answers_total',
+              'ray_qvq_reasoning_tokens_bucket', 'ray_qvq_stream_time_to_first_token_seconds',
+              'ray_qvq_loop_guard_detections_total',
+              'ray_qvq_batches_active']
+    deadline = time.monotonic() + 90  # Ray exports every few seconds
+    while True:
+        text = metrics_text(server)
+        missing = [w for w in wanted if w not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert not missing, missing
+
+
+def test_logs_hold_no_api_key_or_storage_secret(server):
+    secrets = [API_KEY, OTHER_KEY, *LIMITED_KEYS.values(), SECRET_KEY]
+    logs_dir = server["ray_session"] / "logs"
+    for path in [*logs_dir.rglob("*.log"), *logs_dir.rglob("*.out"), *logs_dir.rglob("*.err"),
+                 server["log"]]:
+        text = path.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"{secret[:6]}… in {path.name}"
