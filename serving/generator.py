@@ -24,6 +24,7 @@ from ray import serve
 from serving.config import ServingConfig
 from serving.engine.protocol import Engine, SamplingOptions
 from serving.engine.vllm_engine import VLLMEngine, engine_env
+from serving.logs import route_to_serve_logs
 from serving.metrics import GeneratorMetrics
 from serving.prompt import PromptBuilder, RenderedPrompt
 from serving.protocol import GenerationEvent, GenerationRequest, PreparedImage
@@ -47,6 +48,7 @@ def _load_tokenizer(path: str):
 
 class QVQGenerator:
     def __init__(self, config: ServingConfig, engine_factory: EngineFactory | None = None):
+        route_to_serve_logs()
         self._config = config
         tokenizer = _load_tokenizer(config.model.path)
         self._tokenizer = tokenizer

@@ -42,6 +42,7 @@ from serving.images.sources import (
     parse_image_ref,
     parse_s3_url,
 )
+from serving.logs import route_to_serve_logs
 from serving.metrics import PreprocessorMetrics
 from serving.protocol import PreparedImage
 from serving.storage.base import ObjectNotFound, ObjectStore
@@ -55,6 +56,8 @@ UPLOAD_PREFIX = "uploads/"
 class ImagePreprocessor:
     def __init__(self, config: ServingConfig):
         import cv2
+
+        route_to_serve_logs()
 
         # Parallelism comes from concurrent requests (one decode per thread); OpenCV's own
         # thread pool on top would oversubscribe the replica's CPUs.

@@ -49,6 +49,7 @@ from serving.errors import (
 )
 from serving.files import FileStore
 from serving.images.sources import describe_size, request_image_urls
+from serving.logs import route_to_serve_logs
 from serving.metrics import RouterMetrics
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
 from serving.openapi import install_openapi
@@ -415,7 +416,9 @@ def openai_errors(route: Callable[..., Awaitable[Response]]) -> Callable[..., Aw
             except Exception as exc:  # noqa: BLE001 - the one error mapping
                 response = error_response(exc)
             response.headers.update(scope.headers)
-            frontend = getattr(args[0], "frontend", None) if args else None
+            # Serve's class-based FastAPI views pass the replica as keyword ``self``
+            owner = args[0] if args else kwargs.get("self")
+            frontend = getattr(owner, "frontend", None)
             if isinstance(frontend, ChatFrontend):
                 metrics = frontend.metrics
                 metrics.requests.inc(tags={"route": scope.route,
@@ -446,6 +449,7 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         def __init__(self, config: ServingConfig, preprocessor: DeploymentHandle,
                      generator: DeploymentHandle, runner: DeploymentHandle,
                      limiter: DeploymentHandle | None = None):
+            route_to_serve_logs()
             self.frontend = ChatFrontend(config, preprocessor, generator, limiter)
             self.runner = runner
 

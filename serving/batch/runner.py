@@ -28,6 +28,7 @@ from serving.errors import NotFoundError, to_api_error
 from serving.files import FileStore
 from serving.generator import BATCH_PRIORITY
 from serving.images.sources import request_image_urls
+from serving.logs import route_to_serve_logs
 from serving.metrics import BatchMetrics
 from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
 from serving.reasoning.options import resolve_reasoning_options
@@ -46,6 +47,7 @@ def output_file_id(batch_id: str, kind: str) -> str:
 class BatchRunner:
     def __init__(self, config: ServingConfig, preprocessor: DeploymentHandle,
                  generator: DeploymentHandle):
+        route_to_serve_logs()
         self._config = config
         self._cfg = config.batch
         self._pre = preprocessor

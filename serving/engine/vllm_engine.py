@@ -37,6 +37,9 @@ def engine_env(config: ServingConfig) -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # vLLM's own logging setup (dictConfig) closes every existing handler, Serve's replica
+        # log file included; its records go through Serve's logger instead (serving.logs)
+        "VLLM_CONFIGURE_LOGGING": "0",
     }
 
 

@@ -25,7 +25,8 @@ def serve_logs(server) -> dict[str, list[dict]]:
                 record = json.loads(raw)
             except json.JSONDecodeError:
                 continue
-            out.setdefault(record.get("deployment", "?"), []).append(record)
+            name = record.get("deployment", "?")  # "<app>_<deployment>"
+            out.setdefault(name.split("_", 1)[-1], []).append(record)
     return out
 
 
