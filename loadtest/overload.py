@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import random
 import threading
@@ -150,14 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-s", type=float, default=20)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
+    parser.add_argument("--pin", action="store_true",
+                        help="server (and vLLM's OpenMP threads) on core 0, this client on "
+                             "core 1, so the client can offer the load (needs 2+ cores)")
     args = parser.parse_args(argv)
     work = ROOT / ".qvq" / "bench" / "overload"
     server = ours(ROOT / ".qvq" / "models" / "tiny-qwen2vl", work, pathlib.Path(args.config))
+    if args.pin:
+        server.argv = ["taskset", "-c", "0", *server.argv]
+        server.env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+        os.sched_setaffinity(0, {1})
     model = server.model_id
     print("starting our app ...", flush=True)
     server.start("/health")
     report: dict = {"benchmark": "overload", "factor": args.factor,
-                    "max_tokens": args.max_tokens}
+                    "max_tokens": args.max_tokens, "pinned": args.pin}
     try:
         asyncio.run(closed_loop(server.base, bodies(16, args.max_tokens, model), 8))  # warm
         ok, wall = asyncio.run(closed_loop(server.base, bodies(64, args.max_tokens, model), 32))
