@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 
 from tests.images import data_url, encode, photo
+from tests.integration.polling import until_ok
 from tests.integration.test_batches import line, results, submit, wait
 from tests.integration.test_chat import chat_body
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
@@ -43,19 +44,6 @@ def kill_replicas(deployment: str) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return [v.pid for v in victims]
-
-
-def until_ok(send, limit_s: float = RECOVERY_LIMIT_S) -> float:
-    """Seconds until ``send()`` returns a 200 response."""
-    t0 = time.monotonic()
-    while True:
-        try:
-            if send().status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() - t0 < limit_s, "no recovery in time"
-        time.sleep(1)
 
 
 def upload(client, seed: int) -> httpx.Response:
@@ -136,7 +124,8 @@ def test_generator_killed_mid_stream_ends_cleanly_then_recovers(client, server):
     assert error["error"]["type"] == "service_unavailable", error
     assert "Traceback" not in rest[-2]
     recovery = until_ok(lambda: client.post("/v1/chat/completions",
-                                            json=chat_body("hi", max_tokens=2)))
+                                            json=chat_body("hi", max_tokens=2)),
+                        RECOVERY_LIMIT_S)
     print(f"\ngenerator killed mid-stream: error event after {ended_s:.1f}s; the next request "
           f"succeeded {recovery:.1f}s after the kill (Serve replaced the replica)")
 
@@ -163,5 +152,5 @@ def test_app_restart_during_a_batch_resumes_it(openai_client, server):
 def _stack_is_healthy_after(server):
     yield
     with httpx.Client(base_url=server["base"], timeout=30) as c:
-        until_ok(lambda: c.get("/health"))
+        until_ok(lambda: c.get("/health"), RECOVERY_LIMIT_S)
 

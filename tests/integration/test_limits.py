@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 
 import httpx
 import openai
@@ -14,6 +13,7 @@ import pytest
 
 from tests.images import data_url, encode, photo
 from tests.integration.conftest import LIMITED_KEYS, MAX_BODY_BYTES
+from tests.integration.polling import until_ok
 from tests.integration.test_batches import jsonl, line, wait
 from tests.integration.test_chat import MODEL, chat_body
 
@@ -65,13 +65,9 @@ def test_concurrent_requests_are_capped_per_key(server):
             assert "concurrent requests: limit 2" in third.json()["error"]["message"]
             assert third.headers["x-ratelimit-remaining-concurrent"] == "0"
             assert "Retry-After" in third.headers
-        deadline = time.monotonic() + 10  # the streams' leases are released as they close
-        while True:
-            resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
-            if resp.status_code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert resp.status_code == 200, resp.text
+        # the streams' leases are released as they close
+        until_ok(lambda: client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2)),
+                 limit_s=10, every_s=0.2)
 
 
 def test_tokens_per_minute_reserve_and_settle(server):
@@ -158,10 +154,6 @@ def test_beyond_router_capacity_is_503_with_retry_after_never_a_queue(server, cl
             openai.OpenAI(base_url=f"{server['base']}/v1", api_key="sk-test-integration",
                           max_retries=0).chat.completions.create(
                 model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
-    deadline = time.monotonic() + 30  # closed streams give their slots back
-    while True:
-        resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
-        if resp.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert resp.status_code == 200, resp.text
+    # closed streams give their slots back
+    until_ok(lambda: client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2)),
+             limit_s=30, every_s=0.5)
