@@ -102,16 +102,21 @@ class Gatekeeper:
         self.in_flight = 0
         self._pending: set[asyncio.Task] = set()
 
-    async def enter(self, chat: ChatCompletionRequest, key_id: str | None) -> Ticket:
-        key = key_id or ANONYMOUS
-        scope = current_scope()
-        if scope is not None:
-            scope.key = key
+    def refuse_if_full(self) -> None:
+        """503 at once when this replica is at capacity. Called before the body is read too,
+        so a refusal costs no parsing: under overload, refusals are most of the traffic."""
         if self.in_flight >= self._max_in_flight:
             self._metrics.admission_rejected.inc(tags={"deployment": "router"})
             raise ServiceUnavailableError(
                 f"The server is at capacity ({self._max_in_flight} requests in flight on this "
                 "replica); retry shortly.", code="overloaded", retry_after_s=2)
+
+    async def enter(self, chat: ChatCompletionRequest, key_id: str | None) -> Ticket:
+        key = key_id or ANONYMOUS
+        scope = current_scope()
+        if scope is not None:
+            scope.key = key
+        self.refuse_if_full()
         admission = None
         if self._limiter is not None:
             admission = await self._admit(chat, key_id, key, scope)

@@ -457,6 +457,7 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
         @openai_errors
         async def chat_completions(self, request: Request) -> Response:
             key_id = self.frontend.authenticate(request)
+            self.frontend.gate.refuse_if_full()
             chat = parse_chat_request(await read_json_body(request, self.frontend.max_body_bytes))
             if chat.stream:
                 body, accepted = await self.frontend.open_stream(chat, key_id)
