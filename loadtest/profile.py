@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import base64
 import collections
-import json
 import pathlib
 import re
 import shutil
@@ -25,16 +24,16 @@ import subprocess
 import sys
 import time
 
-from loadtest import loadgen
-from loadtest.bench_e2e import machine_facts
+from loadtest import loadgen, records
 from loadtest.photos import photo_jpeg
+from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ours
 
 ROLES = (("Router", "router"), ("ImagePreprocessor", "preprocessor"),
          ("QVQGenerator", "generator replica"), ("BatchRunner", "batch runner"),
          ("VLLM::EngineCore", "vLLM engine"), ("VLLM::", "vLLM engine"),
          ("ServeController", "Serve controller"), ("ProxyActor", "Serve proxy"),
-         ("serving.cli", "qvq serve driver"))
+         ("serving.cli", "qvq serve driver"), ("haproxy", "HAProxy"))
 _PROCESS = re.compile(r'^process (\d+):"(.*)"$')
 
 
@@ -125,11 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).with_name("py-spy"))
     width, height = (int(x) for x in args.size.split("x"))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"profile-{stamp}"
     cache = ROOT / ".qvq" / "bench" / "photos"
-    out = (pathlib.Path(args.out) if args.out
-           else ROOT / "loadtest" / "results" / f"profile-{stamp}.json")
+    out = records.result_path("profile", stamp, args.out)
     raw_path = out.with_suffix(".txt")
     n = max(args.concurrency * 4, 64)
     print(f"preparing {n} photos ...", flush=True)
@@ -181,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "profile", "timestamp": stamp, "machine": machine_facts(),
               "settings": vars(args), "requests": served, "errors": errors,
               "raw_stacks": raw_path.name, **summary}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    records.write(out, report)
     for role, info in summary["roles"].items():
         print(f"{role:22s} {info['share'] * 100:5.1f}% of on-CPU samples")
         for frame, count in info["top_self"][:5]:

@@ -26,9 +26,23 @@ class _SSE(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if body["model"] == "missing":
-            payload = json.dumps({"error": {"message": "no such model"}}).encode()
-            self.send_response(404)
+        if body["model"] in ("missing", "busy"):
+            status, message = (404, "no such model") if body["model"] == "missing" else (
+                503, "overloaded")
+            payload = json.dumps({"error": {"message": message}}).encode()
+            self.send_response(status)
+            if status == 503:
+                self.send_header("Retry-After", "2")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if not body.get("stream"):
+            time.sleep(self.delay_total_s)
+            payload = json.dumps({"choices": [{"message": {"content": "Hi"}}],
+                                  "usage": {"completion_tokens": 5}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -85,6 +99,29 @@ def test_errors_are_counted_with_their_message(sse_server):
     result = asyncio.run(loadgen.closed_loop(sse_server, bodies, 1))
     assert result.errors == 1
     assert "HTTP 404" in result.samples[0].error and "no such model" in result.samples[0].error
+
+
+def test_plain_requests_record_status_retry_after_and_the_wire_send(sse_server):
+    # one slot at 20 req/s: the later requests reach the wire late, and the sample says so
+    bodies = [json.dumps({"model": m, "messages": []}).encode()
+              for m in ("m", "m", "m", "m", "busy", "busy")]
+    result = asyncio.run(loadgen.open_loop(sse_server, bodies, 20.0, max_in_flight=1,
+                                           send=loadgen.plain_request))
+    by_status = sorted((s.status, s.retry_after, s.output_tokens) for s in result.samples)
+    assert by_status == [(200, None, 5)] * 4 + [(503, "2", 0)] * 2
+    for s in result.samples:
+        assert s.sent_at is not None and s.started_at <= s.sent_at
+        assert 0 <= s.server_latency_s <= s.latency_s
+        assert s.send_lag_s == pytest.approx(s.latency_s - s.server_latency_s)
+    assert max(s.send_lag_s for s in result.samples) > 0.15  # waited behind 0.1 s answers
+    # four 0.1 s answers hold the single slot before the last send: at most 5 / 0.4 s
+    assert loadgen.sent_per_s(result.samples) < 13
+
+
+def test_sent_per_s_counts_over_the_send_span():
+    samples = [loadgen.Sample(True, 0.1, None, 0, sent_at=t) for t in (10.0, 10.5, 11.0, 12.0)]
+    assert loadgen.sent_per_s(samples) == pytest.approx(1.5)
+    assert loadgen.sent_per_s(samples[:1]) != loadgen.sent_per_s(samples[:1])  # NaN
 
 
 def test_plan_gives_every_point_distinct_images():
