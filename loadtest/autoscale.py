@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
 import pathlib
 import threading
 import time
@@ -139,12 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = parse_steps(args.steps)
     width, height = (int(x) for x in args.size.split("x"))
 
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
     from serving.config import config_from_dict
-    from serving.engine.vllm_engine import engine_env
+    from serving.launch import running_app
 
     stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"autoscale-{stamp}"
@@ -174,30 +169,18 @@ def main(argv: list[str] | None = None) -> int:
 
     bodies_for(args.photos, 0)  # fills the photo cache before any clock starts
 
-    for key, value in engine_env(config).items():
-        os.environ.setdefault(key, value)
-    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if config.server.ingress == "haproxy" else "0"
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=(config.ray.object_store_memory_mib or 512) * 2**20)
-    recorder = None
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": config.server.port})
-        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
-        base = f"http://127.0.0.1:{config.server.port}"
+    with running_app(config, address=None, host="127.0.0.1", log_to_driver=False) as base:
         warm = bodies_for(2, 1)
         asyncio.run(loadgen.closed_loop(base, warm, 2))
         recorder = StatusRecorder(config.app_name, args.poll_s)
         recorder.start()
         print("stepping load: " + ", ".join(f"{r:g}/s for {s:g}s" for r, s in steps),
               flush=True)
-        step_records, samples = asyncio.run(drive(base, steps, bodies_for, recorder.t0,
-                                             args.max_in_flight))
-        recorder.stop()
-    finally:
-        if recorder is not None and recorder.is_alive():
+        try:
+            step_records, samples = asyncio.run(drive(base, steps, bodies_for, recorder.t0,
+                                                 args.max_in_flight))
+        finally:
             recorder.stop()
-        serve.shutdown()
-        ray.shutdown()
 
     events = scaling_events(recorder.samples, step_records)
     errors = [s for s in samples if not s["ok"]]

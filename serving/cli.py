@@ -19,72 +19,21 @@ DEFAULT_TINY_DIR = ".qvq/models/tiny-qwen2vl"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
-    from serving.engine.vllm_engine import engine_env
+    from serving.launch import running_app
 
     config = load_config(args.config)
     if not os.path.exists(config.model.path) and os.path.isabs(config.model.path):
         raise ConfigError(f"model.path {config.model.path} does not exist")
-    for key, value in engine_env(config).items():
-        os.environ.setdefault(key, value)
-    init: dict = {"address": config.ray.address, "include_dashboard": False,
-                  "log_to_driver": True}
-    if config.ray.address is None:
-        # A local Ray is ours: its processes inherit this environment.
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if config.server.ingress == "haproxy" \
-            else "0"
-        init["num_cpus"] = config.ray.num_cpus
-        if config.ray.object_store_memory_mib:
-            init["object_store_memory"] = config.ray.object_store_memory_mib * 2**20
-    ray.init(**{k: v for k, v in init.items() if v is not None or k == "address"})
-    serve.start(http_options={"host": config.server.host, "port": config.server.port,
-                              "request_timeout_s": config.server.request_timeout_s})
-    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
-    print(f"qvq-serving ready: http://{config.server.host}:{config.server.port}/v1 "
-          f"(model {config.model.served_name!r}); Ctrl-C to stop", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        spawned = _descendants()
-        serve.shutdown()
-        ray.shutdown()
-        _reap(spawned)
+    with running_app(config) as base:
+        print(f"qvq-serving ready: {base}/v1 (model {config.model.served_name!r}); Ctrl-C to "
+              "stop", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
     return 0
-
-
-def _descendants() -> list:
-    import psutil
-
-    try:
-        return psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _reap(processes: list, timeout_s: float = 10.0) -> None:
-    """Stop what our local Ray started and left behind (Serve's HAProxy outlives its actor
-    and would keep holding the HTTP port)."""
-    import psutil
-
-    alive = [p for p in processes if p.is_running()]
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, still = psutil.wait_procs(alive, timeout=timeout_s)
-    for p in still:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
 
 
 def _build_tiny(args: argparse.Namespace) -> int:

@@ -58,18 +58,17 @@ def run_batch_job(config: ServingConfig, source: str, owner: str, *, address: st
                   port: int = 8000, ready_timeout_s: float = 1800.0, out=sys.stderr
                   ) -> dict[str, Any]:
     """Deploy, submit, wait; returns the finished batch object."""
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
+    from serving.launch import running_app
 
     data = read_input(config, source)  # fail before starting anything
     config, key = with_job_key(config, owner)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
-        client = BatchClient(f"http://127.0.0.1:{port}/v1", key)
+    # Only this job's one client calls the app, on 127.0.0.1: Serve's Python proxy does, and a
+    # local HAProxy would clash with a serving stack on the same machine (its fixed ports).
+    config = config.model_copy(update={
+        "server": config.server.model_copy(update={"ingress": "python"})})
+    with running_app(config, address=address, host="127.0.0.1", port=port,
+                     log_to_driver=False) as base:
+        client = BatchClient(f"{base}/v1", key)
         _wait_ready(client, ready_timeout_s)
         with tempfile.TemporaryDirectory() as tmp:
             path = pathlib.Path(tmp) / (source.rsplit("/", 1)[-1] or "input.jsonl")
@@ -77,9 +76,6 @@ def run_batch_job(config: ServingConfig, source: str, owner: str, *, address: st
             batch = client.submit(path, metadata={"source": source[:512], "runner": "rayjob"})
         print(f"batch {batch['id']} submitted from {source}", file=out, flush=True)
         return client.wait(batch["id"], interval_s=config.batch.poll_interval_s, out=out)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _wait_ready(client: BatchClient, timeout_s: float) -> None:
