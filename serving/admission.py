@@ -9,7 +9,8 @@ Two gates, in order, before any work is dispatched:
    becomes a 503 with ``Retry-After``).
 2. *Per-key limits* (when configured): one call to the shared :class:`~serving.limits.
    RateLimiter`, which admits or raises 429 with ``Retry-After``. Its ``x-ratelimit-*``
-   headers go on the response, error or not.
+   headers go on the response, error or not; the other routes of a limited key fetch them
+   (:meth:`Gatekeeper.headers_for`), so every response of that key carries them.
 
 :class:`RequestScope` (a context variable set per request by the route wrapper) carries the
 route, key and headers to where the response is built, and feeds the router's metrics.
@@ -42,7 +43,12 @@ class RequestScope:
     route: str
     started: float = field(default_factory=time.monotonic)
     key: str = ANONYMOUS
+    key_id: str | None = None
+    authenticated: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+
+    def authenticated_as(self, key_id: str | None) -> None:
+        self.key, self.key_id, self.authenticated = key_id or ANONYMOUS, key_id, True
 
 
 _scope: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
@@ -149,6 +155,15 @@ class Gatekeeper:
         if scope is not None:
             scope.headers.update(admission.headers)
         return admission
+
+    async def headers_for(self, scope: RequestScope) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers of a limited caller whose response did not pass
+        admission (files, batches, images, models, or a chat refused before it): every response
+        of a limited key carries them. Unlimited keys pay no limiter hop."""
+        if (self._limiter is None or not scope.authenticated
+                or not self._config.limits.for_key(scope.key_id).limited):
+            return {}
+        return await self._headers(scope.key_id)
 
     async def _headers(self, key_id: str | None) -> dict[str, str]:
         try:

@@ -170,7 +170,11 @@ class ChatFrontend:
         return self.batches.view(batch)
 
     def authenticate(self, request: Request) -> str | None:
-        return self._auth.authenticate(request.headers.get("authorization"))
+        key_id = self._auth.authenticate(request.headers.get("authorization"))
+        scope = current_scope()
+        if scope is not None:
+            scope.authenticated_as(key_id)
+        return key_id
 
     def models(self) -> ModelList:
         cfg = self._config.model
@@ -415,10 +419,12 @@ def openai_errors(route: Callable[..., Awaitable[Response]]) -> Callable[..., Aw
                 response = await route(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the one error mapping
                 response = error_response(exc)
-            response.headers.update(scope.headers)
             # Serve's class-based FastAPI views pass the replica as keyword ``self``
             owner = args[0] if args else kwargs.get("self")
             frontend = getattr(owner, "frontend", None)
+            if isinstance(frontend, ChatFrontend) and not scope.headers:
+                scope.headers.update(await frontend.gate.headers_for(scope))
+            response.headers.update(scope.headers)
             if isinstance(frontend, ChatFrontend):
                 metrics = frontend.metrics
                 metrics.requests.inc(tags={"route": scope.route,

@@ -48,9 +48,20 @@ def test_requests_per_minute_gives_429_with_retry_after_and_headers(server):
 
 
 def test_unlimited_keys_get_no_rate_headers_and_no_limiter_hop_cost(client):
-    resp = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
-    assert resp.status_code == 200
-    assert not [h for h in resp.headers if h.startswith("x-ratelimit")]
+    for resp in (client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2)),
+                 client.get("/v1/files"), client.get("/v1/models")):
+        assert resp.status_code == 200
+        assert not [h for h in resp.headers if h.startswith("x-ratelimit")]
+
+
+def test_every_route_of_a_limited_key_reports_its_limits_without_charging(server):
+    with keyed(server, "images") as client:
+        for resp in (client.get("/v1/files"), client.get("/v1/batches"),
+                     client.get("/v1/models"), client.get("/v1/files/file-missing")):
+            assert resp.headers["x-ratelimit-limit-images"] == "2", resp.request.url
+            assert resp.headers["x-ratelimit-remaining-images"] == "2"
+            assert resp.headers["x-ratelimit-reset-images"].endswith("s")
+        assert resp.status_code == 404  # errors carry them too
 
 
 def test_concurrent_requests_are_capped_per_key(server):
