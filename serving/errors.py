@@ -57,6 +57,15 @@ class QVQError(Exception):
         return {"Retry-After": "5"} if self.status_code == 503 else {}
 
 
+def elide(text: str, limit: int) -> str:
+    """Client text echoed in a message, cut in the middle to ``limit`` characters so a huge
+    input cannot make a huge error body (the tail is kept: it often says what to do)."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
 def _rebuild(cls: type[QVQError], message: str, param: str | None,
              code: str | None, retry_after_s: float | None = None) -> QVQError:
     return cls(message, param=param, code=code, retry_after_s=retry_after_s)

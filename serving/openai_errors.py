@@ -10,7 +10,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import APIError, InvalidRequestError, NotFoundError, QVQError, to_api_error
+from serving.errors import (
+    APIError,
+    InvalidRequestError,
+    NotFoundError,
+    QVQError,
+    elide,
+    to_api_error,
+)
 
 logger = logging.getLogger("qvq.errors")
 
@@ -24,15 +31,6 @@ _UNION_TAGS = {"system", "user", "assistant", "text", "image_url", "str",
 # in the middle to these lengths, so a huge value cannot make a huge error body.
 _MAX_PARAM_CHARS = 120
 _MAX_DETAIL_CHARS = 600
-
-
-def _elide(text: str, limit: int) -> str:
-    """``text`` if short enough, else its head and tail around an ellipsis (tail kept: it says
-    what to do)."""
-    if len(text) <= limit:
-        return text
-    keep = (limit - 5) // 2
-    return f"{text[:keep]} ... {text[-keep:]}"
 
 
 def _param_path(loc: tuple) -> str | None:
@@ -58,7 +56,7 @@ def validation_to_error(exc: ValidationError | RequestValidationError) -> Invali
         return InvalidRequestError("request body does not match the schema")
     err = errors[0]
     param = _param_path(tuple(err.get("loc", ())))
-    param = _elide(param, _MAX_PARAM_CHARS) if param else param
+    param = elide(param, _MAX_PARAM_CHARS) if param else param
     kind = err.get("type", "")
     if kind == "json_invalid":
         detail = err.get("ctx", {}).get("error", err["msg"])
@@ -67,7 +65,7 @@ def validation_to_error(exc: ValidationError | RequestValidationError) -> Invali
         return InvalidRequestError(f"unknown parameter {param!r}; remove it", param=param)
     if kind == "missing":
         return InvalidRequestError(f"missing required parameter {param!r}", param=param)
-    msg = _elide(str(err.get("msg", "invalid value")).removeprefix("Value error, "),
+    msg = elide(str(err.get("msg", "invalid value")).removeprefix("Value error, "),
                  _MAX_DETAIL_CHARS)
     where = f"{param}: " if param else ""
     return InvalidRequestError(f"invalid request: {where}{msg}", param=param)

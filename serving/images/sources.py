@@ -14,7 +14,13 @@ import httpx
 import pybase64
 
 from serving.config import FetchConfig
-from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
+from serving.errors import (
+    BlockedURLError,
+    ImageError,
+    ImageFetchError,
+    PayloadTooLargeError,
+    elide,
+)
 from serving.images.ssrf import (
     IPAddress,
     IPNetwork,
@@ -26,11 +32,7 @@ from serving.images.ssrf import (
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-
-
-def _shown(text: str, limit: int = 64) -> str:
-    """Client text echoed in an error, cut so a huge URL cannot make a huge error body."""
-    return text if len(text) <= limit else text[:limit] + "..."
+_MAX_ECHO_CHARS = 64  # of a scheme or bucket name echoed in an error message
 
 
 def describe_size(n: int) -> str:
@@ -195,9 +197,10 @@ def classify_url(url: str) -> SourceKind:
         return "s3"
     if scheme == "qvq-image":
         return "ref"
-    raise BlockedURLError(f"image URL scheme {_shown(scheme) + ':' if scheme else '(none)'} is not "
-                          "supported; use a data: URL, https://, http://, s3://bucket/key or "
-                          "qvq-image://<sha256> of an uploaded image")
+    shown = elide(scheme, _MAX_ECHO_CHARS) + ":" if scheme else "(none)"
+    raise BlockedURLError(f"image URL scheme {shown} is not supported; use a data: URL, "
+                          "https://, http://, s3://bucket/key or qvq-image://<sha256> of an "
+                          "uploaded image")
 
 
 def parse_s3_url(url: str, allowed_buckets: Sequence[str]) -> tuple[str, str]:
@@ -207,8 +210,8 @@ def parse_s3_url(url: str, allowed_buckets: Sequence[str]) -> tuple[str, str]:
     if not bucket or not key:
         raise ImageError("s3 image URLs must look like s3://bucket/key")
     if bucket not in allowed_buckets:
-        raise BlockedURLError(f"bucket {_shown(bucket)!r} is not one this server may read images "
-                              "from"
+        raise BlockedURLError(f"bucket {elide(bucket, _MAX_ECHO_CHARS)!r} is not one this "
+                              "server may read images from"
                               + (f"; allowed: {', '.join(allowed_buckets)}" if allowed_buckets
                                  else " (storage.allowed_source_buckets is empty)"))
     return bucket, key
