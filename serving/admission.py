@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.auth import caller_id
 from serving.config import ServingConfig
 from serving.errors import RateLimitError, ServiceUnavailableError, unwrap
 from serving.images.geometry import visual_tokens
@@ -34,7 +35,6 @@ from serving.protocol import ChatCompletionRequest, GenerationEvent, TextPart, U
 
 logger = logging.getLogger("qvq.admission")
 
-ANONYMOUS = "anonymous"
 CHARS_PER_TOKEN = 4  # prompt estimate before tokenization; settled with real usage afterwards
 
 
@@ -42,13 +42,16 @@ CHARS_PER_TOKEN = 4  # prompt estimate before tokenization; settled with real us
 class RequestScope:
     route: str
     started: float = field(default_factory=time.monotonic)
-    key: str = ANONYMOUS
     key_id: str | None = None
     authenticated: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def key(self) -> str:
+        return caller_id(self.key_id)
+
     def authenticated_as(self, key_id: str | None) -> None:
-        self.key, self.key_id, self.authenticated = key_id or ANONYMOUS, key_id, True
+        self.key_id, self.authenticated = key_id, True
 
 
 _scope: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
@@ -74,7 +77,6 @@ class Ticket:
 
     key: str
     admission: Admission | None
-    started: float
 
 
 def estimate_tokens(chat: ChatCompletionRequest, *, max_pixels: int,
@@ -118,16 +120,13 @@ class Gatekeeper:
                 "replica); retry shortly.", code="overloaded", retry_after_s=2)
 
     async def enter(self, chat: ChatCompletionRequest, key_id: str | None) -> Ticket:
-        key = key_id or ANONYMOUS
-        scope = current_scope()
-        if scope is not None:
-            scope.key = key
+        key = caller_id(key_id)
         self.refuse_if_full()
         admission = None
         if self._limiter is not None:
-            admission = await self._admit(chat, key_id, key, scope)
+            admission = await self._admit(chat, key_id, key, current_scope())
         self.in_flight += 1
-        return Ticket(key, admission, time.monotonic())
+        return Ticket(key, admission)
 
     async def _admit(self, chat: ChatCompletionRequest, key_id: str | None, key: str,
                      scope: RequestScope | None) -> Admission | None:

@@ -10,6 +10,14 @@ from serving.errors import AuthenticationError
 
 logger = logging.getLogger("qvq.auth")
 
+ANONYMOUS = "anonymous"  # the caller of an open API (no keys configured)
+
+
+def caller_id(key_id: str | None) -> str:
+    """How limits, metrics and stored files and batches name a caller: its key id, or
+    ``anonymous`` when the API is open."""
+    return key_id or ANONYMOUS
+
 
 class ApiKeyAuthenticator:
     def __init__(self, keys: list[ApiKeyHash]):

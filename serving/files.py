@@ -13,10 +13,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from serving.auth import caller_id
 from serving.errors import InvalidRequestError, NotFoundError
 from serving.storage.base import ObjectNotFound, ObjectStore
 
-ANONYMOUS = "anonymous"
 FILE_ID_RE = re.compile(r"^file-[0-9a-f]{32}$")
 
 
@@ -34,10 +34,6 @@ class FileObject:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _owner(key_id: str | None) -> str:
-    return key_id or ANONYMOUS
 
 
 def _key(owner: str, file_id: str) -> str:
@@ -67,7 +63,7 @@ class FileStore:
         created = int(time.time())
         meta = {"filename": _safe_filename(filename), "purpose": purpose,
                 "created-at": str(created)}
-        self._store.put(_key(_owner(key_id), file_id), data,
+        self._store.put(_key(caller_id(key_id), file_id), data,
                         content_type="application/jsonl", metadata=meta)
         return FileObject(id=file_id, bytes=len(data), created_at=created,
                           filename=meta["filename"], purpose=purpose)
@@ -78,7 +74,7 @@ class FileStore:
 
     def get(self, key_id: str | None, file_id: str) -> FileObject:
         self._check_id(file_id)
-        info = self._store.head(_key(_owner(key_id), file_id))
+        info = self._store.head(_key(caller_id(key_id), file_id))
         if info is None:
             raise NotFoundError(f"No such file: {file_id!r}", param="file_id")
         m = info.metadata
@@ -88,13 +84,13 @@ class FileStore:
     def content(self, key_id: str | None, file_id: str) -> bytes:
         self._check_id(file_id)
         try:
-            return self._store.get(_key(_owner(key_id), file_id))
+            return self._store.get(_key(caller_id(key_id), file_id))
         except ObjectNotFound:
             raise NotFoundError(f"No such file: {file_id!r}", param="file_id") from None
 
     def delete(self, key_id: str | None, file_id: str) -> dict:
         self.get(key_id, file_id)
-        self._store.delete(_key(_owner(key_id), file_id))
+        self._store.delete(_key(caller_id(key_id), file_id))
         return {"id": file_id, "object": "file", "deleted": True}
 
     def list(self, key_id: str | None, *, purpose: str | None = None, limit: int = 10000,
@@ -103,7 +99,7 @@ class FileStore:
             raise InvalidRequestError("order must be 'asc' or 'desc'", param="order")
         if not 1 <= limit <= 10000:
             raise InvalidRequestError("limit must be between 1 and 10000", param="limit")
-        prefix = f"files/{_owner(key_id)}/"
+        prefix = f"files/{caller_id(key_id)}/"
         files = [self.get(key_id, k[len(prefix):]) for k in self._store.list_keys(prefix)
                  if FILE_ID_RE.match(k[len(prefix):])]
         if purpose:

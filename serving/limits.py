@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ray import serve
 
+from serving.auth import caller_id
 from serving.config import KeyLimits, LimitsConfig, ServingConfig
 from serving.errors import RateLimitError
 
@@ -102,7 +103,7 @@ class LimitBook:
 
     def admit(self, key_id: str | None, *, tokens: int, images: int) -> Admission:
         """Charge one request, or raise RateLimitError naming the full limit."""
-        key = key_id or "anonymous"
+        key = caller_id(key_id)
         limits = self._config.for_key(key_id)
         now = self._clock()
         state = self._state(key, limits, now)
@@ -151,7 +152,7 @@ class LimitBook:
             bucket.level = min(bucket.capacity, bucket.level + reserved_tokens - used_tokens)
 
     def headers(self, key_id: str | None) -> dict[str, str]:
-        key = key_id or "anonymous"
+        key = caller_id(key_id)
         limits = self._config.for_key(key_id)
         return self._headers(self._state(key, limits, self._clock()), limits)
 

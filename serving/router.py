@@ -30,8 +30,8 @@ from serving.admission import (
     current_scope,
     open_scope,
 )
-from serving.auth import ApiKeyAuthenticator
-from serving.batch.store import TERMINAL, BatchStore, new_batch, owner_of, public
+from serving.auth import ApiKeyAuthenticator, caller_id
+from serving.batch.store import TERMINAL, BatchStore, new_batch, public
 from serving.batch.validate import ENDPOINT as BATCH_ENDPOINT
 from serving.config import ServingConfig
 from serving.errors import (
@@ -121,7 +121,7 @@ class ChatFrontend:
             raise InvalidRequestError("the input file must have purpose 'batch'",
                                       param="input_file_id")
         self._check_batch_quota(key_id, input_file.bytes)
-        batch = new_batch(owner_of(key_id), input_file_id=body.input_file_id,
+        batch = new_batch(caller_id(key_id), input_file_id=body.input_file_id,
                           endpoint=body.endpoint, completion_window=body.completion_window,
                           metadata=body.metadata, window_s=24 * 3600)
         self.batches.create(batch)
@@ -133,9 +133,9 @@ class ChatFrontend:
         limits = self._config.limits.for_key(key_id)
         if limits.max_active_batches is None and limits.max_active_batch_bytes is None:
             return
-        owner = owner_of(key_id)
+        owner = caller_id(key_id)
         mine = [batch_id for who, batch_id in self.batches.active() if who == owner]
-        key = key_id or "anonymous"
+        key = caller_id(key_id)
         if limits.max_active_batches is not None and len(mine) >= limits.max_active_batches:
             self.metrics.rate_limited.inc(tags={"key": key, "limit": "batches"})
             raise RateLimitError(
@@ -161,7 +161,7 @@ class ChatFrontend:
                     retry_after_s=60)
 
     def cancel_batch(self, key_id: str | None, batch_id: str) -> dict[str, Any]:
-        batch = self.batches.load(owner_of(key_id), batch_id)
+        batch = self.batches.load(caller_id(key_id), batch_id)
         if batch["status"] in TERMINAL:
             raise InvalidRequestError(f"batch {batch_id} is already {batch['status']}; only "
                                       "validating or in-progress batches can be cancelled",
@@ -200,7 +200,7 @@ class ChatFrontend:
     def _dispatch(self, chat: ChatCompletionRequest, key_id: str | None, method: str,
                   urls: list[str]):
         if urls:
-            self.metrics.images.inc(len(urls), tags={"key": key_id or "anonymous"})
+            self.metrics.images.inc(len(urls), tags={"key": caller_id(key_id)})
         request = GenerationRequest(request_id=new_completion_id(),
                                     chat=chat.without_image_data() if urls else chat,
                                     key_id=key_id)
@@ -210,30 +210,40 @@ class ChatFrontend:
             gen = gen.options(stream=True)
         return request, getattr(gen, method).remote(request, images)
 
+    async def _first_answer(self, chat: ChatCompletionRequest, key_id: str | None, method: str,
+                            urls: list[str]) -> tuple[GenerationRequest, Any, GenerationEvent]:
+        """Dispatch and wait for the first thing the generator sends: the whole completion, or
+        a stream's acceptance. A replica that died before sending it is no fault of the request,
+        so it is sent again (``server.replica_failure_retries`` times; Serve routes it to a
+        healthy or replacement replica)."""
+        attempt = 0
+        while True:
+            request, call = self._dispatch(chat, key_id, method, urls)
+            try:
+                first = await (call.__anext__() if method == "stream" else call)
+                return request, call, first
+            except BaseException as exc:
+                if method == "stream":
+                    call.cancel()
+                if attempt == self._retries or not isinstance(exc, Exception) \
+                        or not replica_died(exc):
+                    raise
+                attempt += 1
+                logger.warning("%s: a replica died (%s); sending the request again "
+                               "(attempt %d)", request.request_id, type(unwrap(exc)).__name__,
+                               attempt + 1)
+                await asyncio.sleep(0.5 * attempt)
+
     async def complete(self, chat: ChatCompletionRequest,
                        key_id: str | None) -> tuple[ChatCompletion, GenerationEvent]:
         urls = self._validate(chat, key_id)
         ticket = await self.gate.enter(chat, key_id)
         final: GenerationEvent | None = None
         try:
-            for attempt in range(self._retries + 1):
-                request, pending = self._dispatch(chat, key_id, "complete", urls)
-                try:
-                    final = await pending
-                    break
-                except Exception as exc:
-                    if attempt == self._retries or not replica_died(exc):
-                        raise
-                    await self._before_retry(request, exc, attempt)
+            request, _, final = await self._first_answer(chat, key_id, "complete", urls)
         finally:
             self.gate.leave(ticket, final)
         return completion_response(request.request_id, request.created, chat.model, final), final
-
-    async def _before_retry(self, request: GenerationRequest, exc: BaseException,
-                            attempt: int) -> None:
-        logger.warning("%s: a replica died (%s); sending the request again (attempt %d)",
-                       request.request_id, type(unwrap(exc)).__name__, attempt + 2)
-        await asyncio.sleep(0.5 * (attempt + 1))
 
     async def open_stream(self, chat: ChatCompletionRequest,
                           key_id: str | None) -> tuple[AsyncIterator[bytes], GenerationEvent]:
@@ -241,17 +251,7 @@ class ChatFrontend:
         urls = self._validate(chat, key_id)
         ticket = await self.gate.enter(chat, key_id)
         try:
-            for attempt in range(self._retries + 1):
-                request, stream = self._dispatch(chat, key_id, "stream", urls)
-                try:
-                    accepted = await stream.__anext__()
-                    break
-                except BaseException as exc:
-                    stream.cancel()
-                    if attempt == self._retries or not isinstance(exc, Exception) \
-                            or not replica_died(exc):
-                        raise
-                    await self._before_retry(request, exc, attempt)
+            request, stream, accepted = await self._first_answer(chat, key_id, "stream", urls)
         except BaseException:
             self.gate.leave(ticket, None)
             raise
@@ -422,10 +422,10 @@ def openai_errors(route: Callable[..., Awaitable[Response]]) -> Callable[..., Aw
             # Serve's class-based FastAPI views pass the replica as keyword ``self``
             owner = args[0] if args else kwargs.get("self")
             frontend = getattr(owner, "frontend", None)
-            if isinstance(frontend, ChatFrontend) and not scope.headers:
-                scope.headers.update(await frontend.gate.headers_for(scope))
-            response.headers.update(scope.headers)
             if isinstance(frontend, ChatFrontend):
+                if not scope.headers:  # not charged by admission: look the key's limits up
+                    scope.headers.update(await frontend.gate.headers_for(scope))
+                response.headers.update(scope.headers)
                 metrics = frontend.metrics
                 metrics.requests.inc(tags={"route": scope.route,
                                            "status": str(response.status_code),
@@ -573,14 +573,14 @@ def router_deployment(config: ServingConfig) -> serve.Deployment:
                                after: str | None = None) -> Response:
             key_id = self.frontend.authenticate(request)
             return JSONResponse(await asyncio.to_thread(
-                self.frontend.batches.list, owner_of(key_id), limit=limit, after=after))
+                self.frontend.batches.list, caller_id(key_id), limit=limit, after=after))
 
         @api.get("/v1/batches/{batch_id}")
         @openai_errors
         async def get_batch(self, batch_id: str, request: Request) -> Response:
             key_id = self.frontend.authenticate(request)
             batches = self.frontend.batches
-            batch = await asyncio.to_thread(batches.load, owner_of(key_id), batch_id)
+            batch = await asyncio.to_thread(batches.load, caller_id(key_id), batch_id)
             return JSONResponse(await asyncio.to_thread(batches.view, batch))
 
         @api.post("/v1/batches/{batch_id}/cancel")

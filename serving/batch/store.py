@@ -20,17 +20,12 @@ import uuid
 from typing import Any
 
 from serving.errors import InvalidRequestError, NotFoundError
-from serving.files import ANONYMOUS
 from serving.storage.base import ObjectNotFound, ObjectStore
 
 BATCH_ID_RE = re.compile(r"^batch_[0-9a-f]{32}$")
 ACTIVE_PREFIX = "batches/_active/"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 PRIVATE = ("owner", "chunk_size", "total_chunks")
-
-
-def owner_of(key_id: str | None) -> str:
-    return key_id or ANONYMOUS
 
 
 def new_batch(owner: str, *, input_file_id: str, endpoint: str, completion_window: str,
