@@ -24,6 +24,7 @@ from ray import serve
 from serving.config import ServingConfig
 from serving.engine.protocol import Engine, SamplingOptions
 from serving.engine.vllm_engine import VLLMEngine, engine_env
+from serving.errors import InvalidRequestError
 from serving.logs import route_to_serve_logs
 from serving.metrics import GeneratorMetrics
 from serving.prompt import PromptBuilder, RenderedPrompt
@@ -65,7 +66,23 @@ class QVQGenerator:
         return SamplingOptions(
             max_tokens=rendered.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
             stop=tuple(chat.stop or ()), seed=chat.seed,
-            presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty)
+            presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
+            min_tokens=chat.min_tokens, ignore_eos=chat.ignore_eos,
+            logit_bias=self._logit_bias(chat.logit_bias))
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+        """Token ids checked against this model's vocabulary before the request is accepted
+        (the engine would only find out after a stream's headers were sent)."""
+        if not bias:
+            return ()
+        vocab = len(self._tokenizer)
+        pairs = tuple((int(token), value) for token, value in bias.items())
+        unknown = [token for token, _ in pairs if token >= vocab]
+        if unknown:
+            raise InvalidRequestError(f"logit_bias names token id {unknown[0]}, outside this "
+                                      f"model's vocabulary (ids 0 to {vocab - 1})",
+                                      param="logit_bias")
+        return pairs
 
     async def _generate(self, request: GenerationRequest, images: Sequence[PreparedImage],
                         priority: int) -> AsyncIterator[GenerationEvent]:
@@ -75,10 +92,10 @@ class QVQGenerator:
         rendered = self._prompts.render(request.chat, images)
         options = resolve_reasoning_options(self._config.reasoning, request.chat,
                                             request.key_id)
+        sampling = self._options(request, rendered)
         yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
                               image_cache=tuple(i.cache for i in images))
         session = ReasoningSession(options, self._filler_ids)
-        sampling = self._options(request, rendered)
         prompt_tokens, finish_reason = rendered.num_tokens, None
         first_token_at = queue_s = None
         action = Next.CONTINUE
@@ -111,8 +128,9 @@ class QVQGenerator:
                                           reasoning=deltas.reasoning)
                 finish_reason = "length"
                 if room >= 1:
-                    answer = replace(sampling, max_tokens=min(options.answer_budget_tokens,
-                                                              room))
+                    budget = min(options.answer_budget_tokens, room)
+                    answer = replace(sampling, max_tokens=budget, min_tokens=min(
+                        budget, max(0, sampling.min_tokens - session.completion_tokens)))
                     passes.append((rendered.token_ids + session.generated_ids, answer,
                                    f"{request.request_id}-conclude"))
         deltas, outcome = session.finish()

@@ -91,4 +91,8 @@ class PromptBuilder:
                 "images.", param="messages")
         max_tokens = requested if requested is not None else min(self._model.default_max_tokens,
                                                                  room)
+        if chat.min_tokens > max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens ({chat.min_tokens}) is above the {max_tokens} completion tokens "
+                "this request gets; lower min_tokens or set max_tokens", param="min_tokens")
         return RenderedPrompt(token_ids=token_ids, num_tokens=n_tokens, max_tokens=max_tokens)

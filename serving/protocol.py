@@ -14,7 +14,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.errors import elide
+
 SUPPORTED_PART_TYPES = ("text", "image_url")
+MAX_LOGIT_BIAS_TOKENS = 300
 
 
 class _Strict(BaseModel):
@@ -137,6 +140,16 @@ class ChatCompletionRequest(_Strict):
                                         "asked to conclude.")
     include_language_stats: bool | None = Field(
         default=None, description="Add script-mix counts (choices[0].qvq.language).")
+    # OpenAI's logit_bias and vLLM's sampling extensions (the openai client sends the latter
+    # in extra_body, as it does for vLLM's own server)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) -> bias from -100 to 100 added to "
+                                  "its logit before sampling.")
+    min_tokens: int = Field(default=0, ge=0,
+                            description="Tokens generated before EOS or a stop token may end "
+                                        "the answer.")
+    ignore_eos: bool = Field(default=False,
+                             description="Keep generating past the end-of-sequence token.")
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -160,6 +173,29 @@ class ChatCompletionRequest(_Strict):
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_TOKENS} tokens may be biased")
+        for token, bias in value.items():
+            if not token.isdigit() or not token.isascii() or len(token) > 9:
+                raise ValueError("keys must be token ids such as \"1234\"; got "
+                                 f"{elide(token, 40)!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias of token {token} must be between -100 and 100")
+        return value
+
+    @model_validator(mode="after")
+    def _min_tokens(self) -> ChatCompletionRequest:
+        limit = self.requested_max_tokens
+        if limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
+                             f"({limit})")
+        return self
 
     @model_validator(mode="after")
     def _stream_options(self) -> ChatCompletionRequest:

@@ -23,6 +23,9 @@ class SamplingOptions:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,22 +86,25 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-        params = SamplingParams(
-            max_tokens=options.max_tokens,
-            temperature=1.0 if options.temperature is None else options.temperature,
-            top_p=1.0 if options.top_p is None else options.top_p,
-            stop=list(options.stop) or None,
-            seed=options.seed,
-            presence_penalty=options.presence_penalty or 0.0,
-            frequency_penalty=options.frequency_penalty or 0.0,
-            output_kind=RequestOutputKind.DELTA,
-        )
-        engine_prompt: dict = {"prompt_token_ids": prompt_token_ids}
-        if images:
-            engine_prompt["multi_modal_data"] = {
-                "image": [Image.fromarray(img.pixels, mode="RGB") for img in images]}
         completion_tokens = 0
         try:
+            params = SamplingParams(
+                max_tokens=options.max_tokens,
+                temperature=1.0 if options.temperature is None else options.temperature,
+                top_p=1.0 if options.top_p is None else options.top_p,
+                stop=list(options.stop) or None,
+                seed=options.seed,
+                presence_penalty=options.presence_penalty or 0.0,
+                frequency_penalty=options.frequency_penalty or 0.0,
+                min_tokens=options.min_tokens,
+                ignore_eos=options.ignore_eos,
+                logit_bias=dict(options.logit_bias) or None,
+                output_kind=RequestOutputKind.DELTA,
+            )
+            engine_prompt: dict = {"prompt_token_ids": prompt_token_ids}
+            if images:
+                engine_prompt["multi_modal_data"] = {
+                    "image": [Image.fromarray(img.pixels, mode="RGB") for img in images]}
             # aclosing: when our consumer stops early (loop guard, thinking budget, client gone)
             # vLLM's generator is closed at once, which aborts the request in the engine.
             async with aclosing(self._engine.generate(engine_prompt, params, request_id,

@@ -107,6 +107,11 @@ FIELD_VALUES = {  # field: (valid values, edge cases)
                    st.sampled_from(["STOP", "on", ""]) | LONG),
     "max_reasoning_tokens": (POSITIVE | st.none(), BAD_COUNT),
     "include_language_stats": (st.booleans() | st.none(), JSON),
+    "logit_bias": (st.none() | st.dictionaries(st.integers(0, 600).map(str), st.floats(-100, 100),
+                                               max_size=4),
+                   st.dictionaries(TEXT, NUMBERS, max_size=3) | JSON),
+    "min_tokens": (st.integers(0, 4), BAD_COUNT | st.integers(-3, 10**7)),
+    "ignore_eos": (st.booleans(), JSON),
 }
 FIELDS = {name: edged(valid, edge) for name, (valid, edge) in FIELD_VALUES.items()}
 UNKNOWN_KEYS = st.sampled_from(["tools", "logprobs", "tempreature", "response_format"]) | TEXT \

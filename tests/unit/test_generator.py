@@ -131,3 +131,55 @@ def test_out_of_bounds_budget_is_refused_before_the_engine_runs(tiny_model_dir):
     with pytest.raises(InvalidRequestError, match="max_reasoning_tokens"):
         asyncio.run(gen.complete(request(max_reasoning_tokens=101), []))
     assert engine.calls == []
+
+
+def test_sampling_extensions_reach_the_engine(tiny_model_dir):
+    gen, engine = make(tiny_model_dir, [[("a", [1])]])
+    seen = []
+    generate = engine.generate
+
+    def spy(prompt, images, options, request_id, priority=0):
+        seen.append(options)
+        return generate(prompt, images, options, request_id, priority)
+
+    engine.generate = spy
+    asyncio.run(gen.complete(request(max_tokens=8, min_tokens=3, ignore_eos=True,
+                                     logit_bias={"7": 100, "9": -50.5}), []))
+    assert (seen[0].min_tokens, seen[0].ignore_eos) == (3, True)
+    assert seen[0].logit_bias == ((7, 100.0), (9, -50.5))
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused_before_acceptance(tiny_model_dir):
+    from serving.errors import InvalidRequestError
+
+    gen, engine = make(tiny_model_dir, [[]])
+    vocab = len(gen._tokenizer)
+    events = gen.stream(request(logit_bias={str(vocab): 5}), [])
+    with pytest.raises(InvalidRequestError, match=f"ids 0 to {vocab - 1}") as exc:
+        asyncio.run(events.__anext__())  # the first event: no "accepted" before the error
+    assert exc.value.param == "logit_bias" and engine.calls == []
+
+
+def test_min_tokens_above_the_granted_budget_is_a_400(tiny_model_dir):
+    from serving.errors import InvalidRequestError
+
+    gen, engine = make(tiny_model_dir, [[]])
+    with pytest.raises(InvalidRequestError, match="min_tokens") as exc:
+        asyncio.run(gen.complete(request(min_tokens=10**6), []))
+    assert exc.value.param == "min_tokens" and engine.calls == []
+
+
+def test_conclude_pass_keeps_what_is_left_of_min_tokens(tiny_model_dir):
+    thinking = [(f"w{i} ", [100 + i]) for i in range(50)]
+    gen, engine = make(tiny_model_dir, [thinking, [("x", [9])] * 100], answer_budget_tokens=64)
+    seen = []
+    generate = engine.generate
+
+    def spy(prompt, images, options, request_id, priority=0):
+        seen.append(options)
+        return generate(prompt, images, options, request_id, priority)
+
+    engine.generate = spy
+    asyncio.run(gen.complete(request(max_reasoning_tokens=20, max_tokens=400,
+                                     min_tokens=30), []))
+    assert [o.min_tokens for o in seen] == [30, 30 - 20 - len(gen._cue_ids)]

@@ -29,6 +29,10 @@ def test_max_completion_tokens_wins():
     {"messages": [{"role": "user", "content": []}]},
     {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": "x"}]}]},
     {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+    {"logit_bias": {"a": 1}}, {"logit_bias": {"-1": 1}}, {"logit_bias": {"5": 101}},
+    {"logit_bias": {"٣": 1}}, {"logit_bias": {str(i): 1 for i in range(301)}},
+    {"min_tokens": -1}, {"min_tokens": 6, "max_tokens": 5},
+    {"min_tokens": 6, "max_tokens": 9, "max_completion_tokens": 5},
 ])
 def test_rejected(kwargs):
     with pytest.raises(ValidationError):
@@ -66,3 +70,9 @@ def test_seed_outside_int64_rejected(seed):
 @pytest.mark.parametrize("seed", [0, -1, 2**63 - 1, -(2**63)])
 def test_seed_int64_accepted(seed):
     assert parse(seed=seed).seed == seed
+
+
+def test_sampling_extensions_accepted():
+    req = parse(logit_bias={"12": -100, "7": 2.5}, min_tokens=4, max_tokens=4, ignore_eos=True)
+    assert (req.logit_bias, req.min_tokens, req.ignore_eos) == ({"12": -100, "7": 2.5}, 4, True)
+    assert (parse().logit_bias, parse().min_tokens, parse().ignore_eos) == (None, 0, False)
