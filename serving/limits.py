@@ -79,6 +79,16 @@ _KINDS = (("requests", "requests_per_minute"), ("tokens", "tokens_per_minute"),
           ("images", "images_per_minute"))
 
 
+def limit_kinds(limits: KeyLimits) -> list[str]:
+    """The ``limit`` names a caller with these limits can be refused on (429s, metrics)."""
+    kinds = [kind for kind, attr in _KINDS if getattr(limits, attr) is not None]
+    if limits.concurrent_requests is not None:
+        kinds.append("concurrency")
+    if limits.max_active_batches is not None or limits.max_active_batch_bytes is not None:
+        kinds.append("batches")
+    return kinds
+
+
 class LimitBook:
     def __init__(self, config: LimitsConfig, *, lease_ttl_s: float,
                  clock: Callable[[], float] = time.monotonic):

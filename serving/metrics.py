@@ -6,9 +6,15 @@ every name with ``ray_`` on export and counters get ``_total``: ``qvq_api_reques
 ``ray_qvq_api_requests_total``. The Grafana dashboard in ``helm/qvq-serving/dashboards`` plots
 them. Tag values are bounded: routes are our route templates, keys are configured API key ids
 (or ``anonymous``), stages and results are fixed words.
+
+Counters whose tag values are known in advance are exported at 0 from replica start (the
+Prometheus convention): dashboards and alerts see a zero rate, not "no data", until the first
+event, and a test can find every series without waiting for a rare event to happen.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
 
 from ray.util import metrics
 
@@ -19,12 +25,25 @@ _FRACTION_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
 _TOKEN_BUCKETS = [64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 _BYTES = [2**k for k in range(10, 28, 2)]  # 1 KiB .. 128 MiB
 _PIXELS = [10**k for k in range(4, 9)] + [25_000_000, 64_000_000]
+TOKEN_KINDS = ("prompt", "completion", "reasoning")
+
+
+def start_at_zero(counter: metrics.Counter, tag_sets: Iterable[Mapping[str, str]] = ({},)) -> None:
+    """Export each of these series at 0 now. Ray's public ``Counter.inc`` refuses 0, so this
+    records through the metric's own ``_record``, which ``inc`` calls after its check."""
+    for tags in tag_sets:
+        counter._record(0, tags=dict(tags))
 
 
 class RouterMetrics:
-    """API traffic per route and key, limits and backpressure, token usage per key."""
+    """API traffic per route and key, limits and backpressure, token usage per key.
 
-    def __init__(self) -> None:
+    ``callers``: the known caller ids, each with the limits that apply to it
+    (:func:`serving.limits.limit_kinds`); their token and refusal counters start at 0.
+    """
+
+    def __init__(self, callers: Mapping[str, Sequence[str]] | None = None) -> None:
+        callers = callers or {}
         self.requests = metrics.Counter(
             "qvq_api_requests", description="API responses by route, HTTP status and key.",
             tag_keys=("route", "status", "key"))
@@ -46,6 +65,12 @@ class RouterMetrics:
         self.images = metrics.Counter(
             "qvq_request_images", description="Images sent in chat requests, per key.",
             tag_keys=("key",))
+        start_at_zero(self.admission_rejected, [{"deployment": "router"}])
+        start_at_zero(self.rate_limited, [{"key": key, "limit": limit}
+                                          for key, limits in callers.items() for limit in limits])
+        start_at_zero(self.tokens, [{"key": key, "kind": kind}
+                                    for key in callers for kind in TOKEN_KINDS])
+        start_at_zero(self.images, [{"key": key} for key in callers])
 
 
 class PreprocessorMetrics:
@@ -66,6 +91,9 @@ class PreprocessorMetrics:
         self.source_pixels = metrics.Histogram(
             "qvq_image_source_pixels", description="Pixels of each decoded source image.",
             boundaries=_PIXELS)
+        start_at_zero(self.cache_lookups,
+                      [{"result": result} for result in ("memory", "store", "miss")])
+        start_at_zero(self.store_failures)
 
 
 class GeneratorMetrics:
@@ -105,6 +133,13 @@ class GeneratorMetrics:
             "qvq_language_minority_fraction", description="Share of words in the answer's "
             "minority script (0: one script only).", boundaries=_FRACTION_BUCKETS,
             tag_keys=keys)
+        start_at_zero(self.loops, [{**self._tags, "action": action}
+                                   for action in ("detected", "stopped")])
+        start_at_zero(self.budget_exhausted, [self._tags])
+        start_at_zero(self.final_answers, [{**self._tags, "found": found}
+                                           for found in ("true", "false")])
+        start_at_zero(self.language_mixed, [{**self._tags, "dominant": script}
+                                            for script in ("latin", "cjk")])
 
     def record_timing(self, ttft_s: float | None, generation_s: float | None,
                       queue_s: float | None) -> None:
@@ -139,3 +174,6 @@ class BatchMetrics:
             "qvq_batches_active", description="Batches validating or in progress.")
         self.remaining = metrics.Gauge(
             "qvq_batch_lines_remaining", description="Lines of active batches not finished yet.")
+        start_at_zero(self.lines, [{"status": status} for status in ("completed", "failed")])
+        self.active.set(0)
+        self.remaining.set(0)

@@ -49,6 +49,7 @@ from serving.errors import (
 )
 from serving.files import FileStore
 from serving.images.sources import describe_size, request_image_urls
+from serving.limits import limit_kinds
 from serving.logs import route_to_serve_logs
 from serving.metrics import RouterMetrics
 from serving.openai_errors import error_response, install_error_handlers, validation_to_error
@@ -93,11 +94,14 @@ class ChatFrontend:
         self._config = config
         self.pre = preprocessor
         self._gen = generator
-        self.metrics = RouterMetrics()
+        keys = config.auth.resolve_keys()
+        self._auth = ApiKeyAuthenticator(keys)
+        known = [key.id for key in keys] or [None]  # None: the open API's anonymous caller
+        self.metrics = RouterMetrics({caller_id(key_id): limit_kinds(config.limits.for_key(key_id))
+                                      for key_id in known})
         self.gate = Gatekeeper(config, limiter, self.metrics)
         self.max_body_bytes = config.server.max_request_body_bytes
         self._retries = config.server.replica_failure_retries
-        self._auth = ApiKeyAuthenticator(config.auth.resolve_keys())
         self._model_ids = set(config.model.model_ids)
         self.max_image_bytes = config.image.max_image_bytes
         store = open_store(config.storage)

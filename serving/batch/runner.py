@@ -89,7 +89,9 @@ class BatchRunner:
         while True:
             try:
                 active = await asyncio.to_thread(self._batches.active)
+                # every poll: Ray stops exporting a gauge that was not set for ~20 s
                 self._metrics.active.set(len(active))
+                self._metrics.remaining.set(sum(self._remaining.values()))
                 for owner, batch_id in active:
                     task = self._jobs.get(batch_id)
                     if task is None or task.done():

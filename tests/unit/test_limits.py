@@ -97,3 +97,14 @@ def test_no_limits_no_headers():
     limits, _ = book()
     assert limits.admit("a", tokens=10**9, images=100).headers == {}
     assert not LimitsConfig().any_limits
+
+
+def test_limit_kinds_name_what_a_caller_can_be_refused_on():
+    from serving.config import KeyLimits
+    from serving.limits import limit_kinds
+
+    assert limit_kinds(KeyLimits()) == []
+    assert limit_kinds(KeyLimits(requests_per_minute=3, images_per_minute=2,
+                                 concurrent_requests=1, max_active_batch_bytes=10)) \
+        == ["requests", "images", "concurrency", "batches"]
+    assert limit_kinds(KeyLimits(tokens_per_minute=9)) == ["tokens"]
