@@ -17,6 +17,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.image_server import image_server
+from tests.integration.forcing import Forcing, forcing_for
 
 API_KEY = "sk-test-integration"
 OTHER_KEY = "sk-test-other"
@@ -119,6 +120,12 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
         yield state
     finally:
         stop()
+
+
+@pytest.fixture(scope="session")
+def forcing(tiny_model_dir) -> Forcing:
+    """Request fields that force a loop or an early end (tests/integration/forcing.py)."""
+    return forcing_for(tiny_model_dir)
 
 
 @pytest.fixture

@@ -141,7 +141,8 @@ def test_create_errors(openai_client):
 
 
 def test_cancel_keeps_finished_results(openai_client):
-    lines = [line(f"c{i}", "Write a long story.", max_tokens=48) for i in range(60)]
+    lines = [line(f"c{i}", "Write a long story.", max_tokens=48, ignore_eos=True)
+             for i in range(60)]
     batch = submit(openai_client, lines)
     wait(openai_client, batch.id, until=lambda b: b.request_counts.completed >= 4)
     cancelling = openai_client.batches.cancel(batch.id)
@@ -162,7 +163,8 @@ def _runner_pids() -> list[int]:
 
 
 def test_runner_killed_mid_job_resumes_exactly_once(openai_client):
-    lines = [line(f"k{i:03d}", "Tell me about the picture.", max_tokens=24) for i in range(48)]
+    lines = [line(f"k{i:03d}", "Tell me about the picture.", max_tokens=24, ignore_eos=True)
+             for i in range(48)]
     batch = submit(openai_client, lines)
     wait(openai_client, batch.id, until=lambda b: b.request_counts.completed >= 8)
     pids = _runner_pids()
@@ -207,10 +209,10 @@ def test_cli_submit_wait_download(server, tmp_path):
 
 
 def test_two_jobs_share_capacity(openai_client):
-    first = submit(openai_client, [line(f"a{i}", "Story please.", max_tokens=24)
-                                   for i in range(24)])
-    second = submit(openai_client, [line(f"b{i}", "Story please.", max_tokens=24)
-                                    for i in range(24)])
+    first = submit(openai_client, [line(f"a{i}", "Story please.", max_tokens=24,
+                                        ignore_eos=True) for i in range(24)])
+    second = submit(openai_client, [line(f"b{i}", "Story please.", max_tokens=24,
+                                         ignore_eos=True) for i in range(24)])
     seen_both_running = False
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import httpx
 
 from serving.images.geometry import smart_resize, visual_tokens
 from tests.images import data_url, encode, photo, png_url
+from tests.integration.forcing import RUNS_TO_MAX_TOKENS
 
 MODEL = "qvq-72b-preview"
 
@@ -167,7 +168,7 @@ def test_32_concurrent_requests_all_succeed(server, client):
 
 
 def test_client_disconnect_mid_stream_leaves_server_healthy(client, server):
-    body = chat_body("Write a long story.", stream=True, max_tokens=1500)
+    body = chat_body("Write a long story.", stream=True, max_tokens=1500, **RUNS_TO_MAX_TOKENS)
     with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()

@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 
 from tests.images import data_url, encode, photo
+from tests.integration.forcing import RUNS_TO_MAX_TOKENS
 from tests.integration.polling import until_ok
 from tests.integration.test_batches import line, results, submit, wait
 from tests.integration.test_chat import chat_body
@@ -109,7 +110,7 @@ def test_preprocessor_killed_mid_request_is_retried_invisibly(client, server,
 
 def test_generator_killed_mid_stream_ends_cleanly_then_recovers(client, server):
     body = chat_body("Count the apples in the picture and explain step by step.",
-                     max_tokens=3000, loop_guard="off", temperature=0.0, stream=True)
+                     max_tokens=3000, stream=True, **RUNS_TO_MAX_TOKENS)
     with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()
@@ -131,7 +132,8 @@ def test_generator_killed_mid_stream_ends_cleanly_then_recovers(client, server):
 
 
 def test_app_restart_during_a_batch_resumes_it(openai_client, server):
-    lines = [line(f"r{i:03d}", "Tell me about the picture.", max_tokens=24) for i in range(40)]
+    lines = [line(f"r{i:03d}", "Tell me about the picture.", max_tokens=24, ignore_eos=True)
+             for i in range(40)]
     batch = submit(openai_client, lines)
     wait(openai_client, batch.id, until=lambda b: b.request_counts.completed >= 8)
     server["stop"]()

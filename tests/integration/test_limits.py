@@ -13,6 +13,7 @@ import pytest
 
 from tests.images import data_url, encode, photo
 from tests.integration.conftest import LIMITED_KEYS, MAX_BODY_BYTES
+from tests.integration.forcing import RUNS_TO_MAX_TOKENS
 from tests.integration.polling import until_ok
 from tests.integration.test_batches import jsonl, line, wait
 from tests.integration.test_chat import MODEL, chat_body
@@ -66,7 +67,7 @@ def test_every_route_of_a_limited_key_reports_its_limits_without_charging(server
 
 def test_concurrent_requests_are_capped_per_key(server):
     body = chat_body("Count the apples in the picture and explain step by step.",
-                     max_tokens=3000, stream=True, loop_guard="off", temperature=0.0)
+                     max_tokens=3000, stream=True, **RUNS_TO_MAX_TOKENS)
     with keyed(server, "concurrent") as client:
         with client.stream("POST", "/v1/chat/completions", json=body) as first, \
                 client.stream("POST", "/v1/chat/completions", json=body) as second:
@@ -81,15 +82,17 @@ def test_concurrent_requests_are_capped_per_key(server):
                  limit_s=10, every_s=0.2)
 
 
-def test_tokens_per_minute_reserve_and_settle(server):
+def test_tokens_per_minute_reserve_and_settle(server, forcing):
     with keyed(server, "tpm") as client:
         too_big = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=3500))
         assert too_big.status_code == 429
         assert too_big.json()["error"]["type"] == "tokens"
         assert "Request too large" in too_big.json()["error"]["message"]
-        ok = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2000))
+        ok = client.post("/v1/chat/completions",
+                         json=chat_body("hi", max_tokens=2000, **forcing.end_at_once))
         assert ok.status_code == 200
-        # the reservation (~2000) was settled with the real usage (a few dozen tokens)
+        assert ok.json()["usage"]["completion_tokens"] == 1  # forced: EOS first
+        # the reservation (~2000) was settled with the real usage (the prompt and one token)
         used = ok.json()["usage"]["total_tokens"]
         remaining = int(client.post("/v1/chat/completions",
                                     json=chat_body("hi", max_tokens=1)).headers
@@ -149,10 +152,10 @@ def test_body_limit_is_enforced_before_parsing(client):
 
 def test_beyond_router_capacity_is_503_with_retry_after_never_a_queue(server, client):
     """48 requests in flight per router replica (test config): hold 48 streams open (greedy
-    decoding of the tiny model loops and never ends early; the engine runs 32 at a time),
+    (ignore_eos: they run to max_tokens whatever the text; the engine runs 32 at a time),
     then one more is refused at once."""
     body = chat_body("Count the apples in the picture and explain step by step.",
-                     max_tokens=3000, loop_guard="off", temperature=0.0, stream=True)
+                     max_tokens=3000, stream=True, **RUNS_TO_MAX_TOKENS)
     with contextlib.ExitStack() as held:
         for _ in range(48):
             resp = held.enter_context(client.stream("POST", "/v1/chat/completions", json=body))

@@ -5,6 +5,7 @@ an API key or a storage secret."""
 from __future__ import annotations
 
 import json
+import pathlib
 import time
 import uuid
 
@@ -62,11 +63,13 @@ def metrics_text(server) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
-def test_our_metrics_reach_rays_prometheus_endpoint(client, server):
+def test_our_metrics_reach_rays_prometheus_endpoint(client, server, forcing):
     image = data_url(encode(photo(80, 60, seed=43), "PNG"), "image/png")
     client.post("/v1/chat/completions", json=chat_body(
         [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "?"}]))
-    client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=300, temperature=0.0))
+    looped = client.post("/v1/chat/completions",
+                         json=chat_body("hi", max_tokens=300, **forcing.loop)).json()
+    assert looped["choices"][0]["stop_reason"] == "loop_detected"
     with client.stream("POST", "/v1/chat/completions",
                        json=chat_body("hi", stream=True)) as resp:
         resp.read()
@@ -78,7 +81,11 @@ def test_our_metrics_reach_rays_prometheus_endpoint(client, server):
               'ray_qvq_generation_seconds_bucket', 'ray_qvq_final_answers_total',
               'ray_qvq_reasoning_tokens_bucket', 'ray_qvq_stream_time_to_first_token_seconds',
               'ray_qvq_loop_guard_detections_total',
-              'ray_qvq_batches_active']
+              'ray_qvq_batches_active',
+              # exported at 0 from replica start, before any such event
+              'ray_qvq_thinking_budget_exhausted_total{', 'ray_qvq_image_store_failures_total',
+              'ray_qvq_language_mixed_answers_total{', 'ray_qvq_batch_lines_total{',
+              'ray_qvq_admission_rejected_total{', 'ray_qvq_batch_lines_remaining']
     deadline = time.monotonic() + 90  # Ray exports every few seconds
     while True:
         text = metrics_text(server)
@@ -97,3 +104,22 @@ def test_logs_hold_no_api_key_or_storage_secret(server):
         text = path.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"{secret[:6]}… in {path.name}"
+
+
+def test_serve_says_where_things_are_once_healthy(server):
+    """`qvq serve` (what `make run` runs) prints the API, health, metrics and log locations
+    and how to stop it, after /health answers; each location is real."""
+    deadline = time.monotonic() + 30
+    while "qvq-serving is ready:" not in server["log"].read_text() \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    banner = server["log"].read_text().split("qvq-serving is ready:")[-1]
+    rows = dict(line.strip().split(None, 1) for line in banner.splitlines()[1:6])
+    assert rows["API"].split()[0] == f"{server['base']}/v1"
+    assert httpx.get(rows["Health"].split()[0], timeout=10).status_code == 200
+    metrics_url = rows["Metrics"].split()[0]
+    assert metrics_url.startswith("http://127.0.0.1:") and metrics_url.endswith("/metrics")
+    assert "ray_qvq_" in httpx.get(metrics_url, timeout=10).text
+    logs = pathlib.Path(rows["Logs"].split()[0])
+    assert (logs / "serve").is_dir() and logs.parent.resolve() == server["ray_session"]
+    assert "kill -TERM" in rows["Stop"] and "Ctrl-C" in rows["Stop"]
