@@ -2,11 +2,8 @@
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-
-import pytest
 
 from serving.config import load_config
 
@@ -71,8 +68,3 @@ def test_dry_run_checks_the_wheel_directory(tmp_path):
     proc = dry_run(tmp_path, WHEELS=str(wheels), SHAPE="tiny")
     assert proc.returncode != 0
     assert "vllm-0.32.0-*.whl" in proc.stderr and "cp312" in proc.stderr
-
-
-@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
-def test_shellcheck_is_clean():
-    subprocess.run(["shellcheck", str(SCRIPT)], check=True)
