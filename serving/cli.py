@@ -19,7 +19,7 @@ DEFAULT_TINY_DIR = ".qvq/models/tiny-qwen2vl"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.launch import running_app
+    from serving.launch import running_app, wait_until_healthy, whereabouts
 
     config = load_config(args.config)
     if not os.path.exists(config.model.path) and os.path.isabs(config.model.path):
@@ -27,10 +27,13 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with running_app(config) as base:
-        print(f"qvq-serving ready: {base}/v1 (model {config.model.served_name!r}); Ctrl-C to "
-              "stop", flush=True)
         try:
-            stop.wait()
+            if wait_until_healthy(base, config.app_name, stop,
+                                  on_wait=lambda line: print(line, flush=True)):
+                where = whereabouts(base)
+                print(where.describe(config.model.served_name,
+                                     f"Ctrl-C here, or kill -TERM {os.getpid()}"), flush=True)
+                stop.wait()
         except KeyboardInterrupt:
             pass
     return 0

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from serving.config import ServingConfig
+from serving.errors import ServiceUnavailableError
 
 _FROM_CONFIG = object()
 
@@ -59,6 +63,79 @@ def running_app(config: ServingConfig, *, address: str | None | object = _FROM_C
         finally:
             ray.shutdown()
             _reap(spawned)
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    """Where a running app's pieces are, for the people who operate it."""
+
+    api: str  # the OpenAI base URL
+    health: str
+    metrics: str | None  # Ray's Prometheus endpoint on this node (not the API port)
+    logs: str | None  # this node's Ray session logs (serve/ holds the replicas' JSON logs)
+
+    def describe(self, model: str, how_to_stop: str) -> str:
+        rows = [("API", f"{self.api}  (model {model!r})"), ("Health", self.health),
+                ("Metrics", f"{self.metrics}  (Ray's Prometheus endpoint: qvq_*, Serve and "
+                            "vLLM metrics; the API port serves no /metrics)"
+                 if self.metrics else "unknown (Ray reported no metrics port)"),
+                ("Logs", f"{self.logs}  (serve/replica_*.log: JSON lines per replica)"
+                 if self.logs else "on each Ray node's session directory"),
+                ("Stop", how_to_stop)]
+        return "qvq-serving is ready:\n" + "\n".join(f"  {k:<8}{v}" for k, v in rows)
+
+
+def whereabouts(base_url: str) -> Whereabouts:
+    """Endpoints of the app just started, asked of the Ray node this process runs on (so its
+    metrics endpoint is reached on 127.0.0.1)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+    port = node.get("MetricsExportPort")
+    return Whereabouts(api=f"{base_url}/v1", health=f"{base_url}/health",
+                       metrics=f"http://127.0.0.1:{port}/metrics" if port else None,
+                       logs=_logs_dir())
+
+
+def _logs_dir() -> str | None:
+    # Ray has no public API for its session directory; the private one is used for display only
+    try:
+        from ray._private import worker
+
+        return worker._global_node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - a missing path only shortens the banner
+        return None
+
+
+def wait_until_healthy(base_url: str, app_name: str, stop: threading.Event, *,
+                       report_every_s: float = 30.0,
+                       on_wait: Callable[[str], None] = print) -> bool:
+    """Block until ``/health`` answers 200 (True), ``stop`` is set (False), or Serve gives up
+    on the app (ServiceUnavailableError with Serve's own message). A 72B model takes minutes
+    to load, so there is no deadline: the caller sees progress every ``report_every_s``."""
+    import httpx
+    from ray import serve
+
+    started = last_report = time.monotonic()
+    while not stop.is_set():
+        try:
+            if httpx.get(f"{base_url}/health", timeout=10).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        app = serve.status().applications.get(app_name)
+        state = str(app.status) if app is not None else "NOT_STARTED"
+        if state.endswith(("DEPLOY_FAILED", "UNHEALTHY")):
+            raise ServiceUnavailableError(f"Serve could not start the app ({state}): "
+                                          f"{app.message if app else ''}".strip(),
+                                          code="deploy_failed")
+        if time.monotonic() - last_report >= report_every_s:
+            last_report = time.monotonic()
+            on_wait(f"still starting ({state}, {last_report - started:.0f} s): loading the "
+                    "model and starting the engine")
+        stop.wait(2.0)
+    return False
 
 
 def _descendants() -> list:
