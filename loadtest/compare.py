@@ -3,6 +3,8 @@ same model, same requests, same open-loop load.
 
     python -m loadtest.compare [--servers ours,bare] [--rates 2,4,8] [--concurrency 4,16]
                                [--scenarios text,photo-1024,photo-2048x1536,photo-4000x3000]
+    python -m loadtest.compare --scenario reasoning-stream   # long streamed answers
+    python -m loadtest.compare --scenario short              # 16-token answers, c=8
 
 Each server is started in turn on 127.0.0.1 with the engine settings of one config file. For
 every scenario (text only, or one distinct photo-like JPEG per request as a data URL) it runs
@@ -11,6 +13,16 @@ concurrency, all streamed, and records req/s, output tok/s, TTFT and latency p50
 seconds per request of the server's whole process tree (and outside vLLM's engine processes),
 and errors. Writes ``loadtest/results/compare-<stamp>.json`` (with machine facts) and PNG plots
 next to it: throughput vs concurrency, latency CDF at the highest rate, TTFT vs rate.
+
+Presets (``--scenario``) fix the workload of a question asked before:
+
+- ``reasoning-stream``: long step-by-step answers, QVQ's main workload. 128 streamed requests
+  at concurrency 32 for one 1024x1024 photo plus a short question, then text only; the model
+  card's system prompt sent explicitly (so every server renders the same prompt tokens),
+  temperature 1, ``max_tokens`` 512. Beside throughput and TTFT it reports the gaps between
+  text-carrying chunks (stalls), server CPU per 1k output tokens and CPU by process role.
+- ``short``: 16-token answers (greedy), closed loop at concurrency 8, for text, 1024x1024 and
+  4000x3000 photos: the per-request cost of the serving layer.
 """
 
 from __future__ import annotations
@@ -28,12 +40,23 @@ from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
 SCENARIOS = {"text": None, "photo-1024": (1024, 1024), "photo-2048x1536": (2048, 1536),
              "photo-4000x3000": (4000, 3000)}
 PROMPT = "Describe what you see, step by step."
+PRESETS: dict[str, dict] = {
+    "reasoning-stream": {"scenarios": ["photo-1024", "text"], "rates": [], "concurrency": [32],
+                         "per_worker": 4, "max_tokens": 512, "temperature": 1.0,
+                         "system_prompt": True},
+    "short": {"scenarios": ["text", "photo-1024", "photo-4000x3000"], "rates": [],
+              "concurrency": [8], "per_worker": 6, "max_tokens": 16, "temperature": 0.0},
+}
 
 
 def payloads(scenario: str, n: int, seed0: int, model: str, max_tokens: int,
-             cache: pathlib.Path) -> list[dict]:
+             cache: pathlib.Path, temperature: float = 0.0,
+             system_prompt: bool = False) -> list[dict]:
     """``n`` requests; photos are distinct per request (seeded), so no side answers from an
-    image cache filled by an earlier point."""
+    image cache filled by an earlier point. ``system_prompt``: send the model card's system
+    prompt, which our server would otherwise add by itself and bare vLLM would not."""
+    from serving.config import QVQ_SYSTEM_PROMPT
+
     size = SCENARIOS[scenario]
     out = []
     for i in range(n):
@@ -42,8 +65,11 @@ def payloads(scenario: str, n: int, seed0: int, model: str, max_tokens: int,
             jpeg = photo_jpeg(*size, seed=seed0 + i, cache_dir=cache)
             content.insert(0, {"type": "image_url", "image_url": {
                 "url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}})
-        out.append({"model": model, "max_tokens": max_tokens, "temperature": 0.0,
-                    "messages": [{"role": "user", "content": content}]})
+        messages: list[dict] = [{"role": "user", "content": content}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": QVQ_SYSTEM_PROMPT})
+        out.append({"model": model, "max_tokens": max_tokens, "temperature": temperature,
+                    "messages": messages})
     return out
 
 
@@ -82,19 +108,30 @@ def plan(args) -> list[dict]:
 
 def run_point(server: ManagedServer, point: dict, args, cache: pathlib.Path) -> dict:
     bodies = loadgen.encode(payloads(point["scenario"], point["n"], point["seed"],
-                                     server.model_id, args.max_tokens, cache))
+                                     server.model_id, args.max_tokens, cache,
+                                     temperature=args.temperature,
+                                     system_prompt=args.system_prompt))
     total0, engine0 = server.cpu_seconds()
+    roles0 = server.cpu_by_role()
     if point["mode"] == "open":
         result = asyncio.run(loadgen.open_loop(server.base, bodies, point["rate"],
                                                args.max_in_flight, seed=point["seed"]))
     else:
         result = asyncio.run(loadgen.closed_loop(server.base, bodies, point["concurrency"]))
     total1, engine1 = server.cpu_seconds()
+    roles1 = server.cpu_by_role()
     summary = loadgen.summarize(result)
     n = max(summary["requests"], 1)
     summary["cpu_s_per_req"] = round((total1 - total0) / n, 4)
     summary["cpu_s_per_req_outside_engine"] = round(
         ((total1 - engine1) - (total0 - engine0)) / n, 4)
+    tokens = max(summary["output_tokens"], 1)
+    summary["cpu_s_per_1k_tokens"] = round((total1 - total0) * 1000 / tokens, 3)
+    used = {role: seconds - roles0.get(role, 0.0) for role, seconds in roles1.items()}
+    summary["cpu_s_by_role"] = {role: round(seconds, 2) for role, seconds in
+                                sorted(used.items(), key=lambda kv: -kv[1]) if seconds >= 0.01}
+    summary["cpu_ms_per_req_by_role"] = {role: round(seconds * 1000 / n, 1)
+                                         for role, seconds in summary["cpu_s_by_role"].items()}
     return {"server": server.name, **{k: v for k, v in point.items() if k != "seed"},
             **summary}
 
@@ -130,8 +167,11 @@ def ratios(results: list[dict], baseline: str = "bare-vllm") -> list[dict]:
         row = {"scenario": r["scenario"], "mode": r["mode"], "rate": r.get("rate"),
                "concurrency": r.get("concurrency"), "vs": baseline}
         for metric in ("req_per_s", "output_tok_per_s", "latency_p50_ms", "latency_p99_ms",
-                       "ttft_p50_ms", "ttft_p99_ms", "cpu_s_per_req"):
-            row[metric] = round(r[metric] / b[metric], 3) if b[metric] else None
+                       "ttft_p50_ms", "ttft_p99_ms", "cpu_s_per_req", "cpu_s_per_1k_tokens",
+                       "chunk_gap_p50_ms", "chunk_gap_p99_ms"):
+            value, base_value = r.get(metric), b.get(metric)
+            row[metric] = round(value / base_value, 3) \
+                if value is not None and base_value and base_value == base_value else None
         row["errors"] = (r["errors"], b["errors"])
         out.append(row)
     return out
@@ -142,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         return lambda text: [kind(x) for x in text.split(",") if x]
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=sorted(PRESETS), default=None,
+                        help="a preset workload (module docstring); it sets the scenarios, "
+                             "loads and sampling, and the other flags are ignored")
     parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
     parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
     parser.add_argument("--servers", type=csv(str), default=["ours", "bare"],
@@ -157,9 +200,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests per closed-loop worker")
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--system-prompt", action="store_true",
+                        help="send the model card's system prompt in every request")
     parser.add_argument("--out", default=None, help="JSON path (plots go beside it)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
+    if args.scenario:
+        for name, value in PRESETS[args.scenario].items():
+            setattr(args, name, value)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(SCENARIOS)}")
@@ -210,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {server.name:10s} {row['scenario']:16s} {where:11s} "
                       f"{row['req_per_s']:7.2f} req/s {row['output_tok_per_s']:8.1f} tok/s  "
                       f"TTFT p50 {row['ttft_p50_ms']:8.1f}  lat p50 {row['latency_p50_ms']:8.1f}"
-                      f" p99 {row['latency_p99_ms']:8.1f} ms  cpu {row['cpu_s_per_req']:.3f}"
-                      f" s/req  errors {row['errors']}", flush=True)
+                      f" p99 {row['latency_p99_ms']:8.1f} ms  gap p50/p99 "
+                      f"{row['chunk_gap_p50_ms']}/{row['chunk_gap_p99_ms']} ms  cpu "
+                      f"{row['cpu_s_per_req']:.3f} s/req {row['cpu_s_per_1k_tokens']:.2f} s/1k "
+                      f"tok  errors {row['errors']}", flush=True)
+                print("    cpu s by role: " + ", ".join(
+                    f"{role} {sec}" for role, sec in row["cpu_s_by_role"].items()), flush=True)
         except RuntimeError as exc:
             unavailable[name] = str(exc)
             print(f"{name} failed: {exc}", flush=True)
@@ -230,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ours/{row['vs']} {row['scenario']:16s} {where:11s} req/s {row['req_per_s']}  "
               f"tok/s {row['output_tok_per_s']}  TTFT p50 {row['ttft_p50_ms']}  "
               f"lat p50 {row['latency_p50_ms']} p99 {row['latency_p99_ms']}  "
-              f"cpu/req {row['cpu_s_per_req']}")
+              f"gap p99 {row['chunk_gap_p99_ms']}  cpu/req {row['cpu_s_per_req']}  "
+              f"cpu/1k tok {row['cpu_s_per_1k_tokens']}")
     print(f"wrote {out}")
     return 0
 

@@ -38,6 +38,7 @@ class Sample:
     sent_at: float | None = None  # perf_counter when the request's last byte was written
     connect_s: float | None = None  # opening a new TCP connection, if one was opened
     started_at: float = 0.0  # perf_counter of the intended start (set by the loops)
+    chunk_gaps_s: list[float] = field(default_factory=list)  # between text-carrying chunks
 
     @property
     def send_lag_s(self) -> float | None:
@@ -114,6 +115,8 @@ async def stream_request(client: httpx.AsyncClient, body: bytes, started: float)
     ttft = None
     tokens = 0
     clock = _WireClock()
+    gaps: list[float] = []
+    last_text_at: float | None = None
     try:
         async with client.stream("POST", "/v1/chat/completions", content=body,
                                  headers={"Content-Type": "application/json"},
@@ -135,15 +138,20 @@ async def stream_request(client: httpx.AsyncClient, body: bytes, started: float)
                                   **clock.fields())
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
-                    if ttft is None and (delta.get("content") or delta.get("reasoning_content")):
-                        ttft = time.perf_counter() - started
+                    if delta.get("content") or delta.get("reasoning_content"):
+                        now = time.perf_counter()
+                        if ttft is None:
+                            ttft = now - started
+                        else:
+                            gaps.append(now - last_text_at)
+                        last_text_at = now
                 if chunk.get("usage"):
                     tokens = chunk["usage"].get("completion_tokens", 0)
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         return Sample(False, time.perf_counter() - started, ttft, tokens,
                       error=f"{type(exc).__name__}: {exc}"[:200], **clock.fields())
     return Sample(True, time.perf_counter() - started, ttft, tokens, status=200,
-                  **clock.fields())
+                  chunk_gaps_s=gaps, **clock.fields())
 
 
 async def plain_request(client: httpx.AsyncClient, body: bytes, started: float) -> Sample:
@@ -240,6 +248,7 @@ def summarize(result: LoadResult) -> dict:
     lat = [s.latency_s for s in ok]
     ttft = [s.ttft_s for s in ok if s.ttft_s is not None]
     tokens = sum(s.output_tokens for s in ok)
+    gaps = [g for s in ok for g in s.chunk_gaps_s]
     wall = result.wall_s or float("nan")
     return {
         "requests": len(result.samples), "errors": result.errors,
@@ -251,6 +260,11 @@ def summarize(result: LoadResult) -> dict:
         "latency_p99_ms": round(percentile(lat, 0.99) * 1000, 1),
         "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
         "ttft_p99_ms": round(percentile(ttft, 0.99) * 1000, 1),
+        "output_tokens": tokens,
+        "chunk_gap_p50_ms": round(percentile(gaps, 0.5) * 1000, 2),
+        "chunk_gap_p99_ms": round(percentile(gaps, 0.99) * 1000, 1),
+        "chunk_gap_max_ms": round(max(gaps) * 1000, 1) if gaps else float("nan"),
+        "tokens_per_chunk": round(tokens / (len(gaps) + len(ttft)), 2) if gaps else None,
         "client_wait_p99_ms": round(percentile([s.client_wait_s for s in result.samples],
                                                0.99) * 1000, 1),
         "latencies_ms": [round(x * 1000, 1) for x in sorted(lat)],

@@ -29,11 +29,20 @@ from loadtest.photos import photo_jpeg
 from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ours
 
+# (a substring of the process title, its role); the first match wins
 ROLES = (("Router", "router"), ("ImagePreprocessor", "preprocessor"),
          ("QVQGenerator", "generator replica"), ("BatchRunner", "batch runner"),
+         ("RateLimiter", "rate limiter"), ("ChatIngress", "chat ingress"),
          ("VLLM::EngineCore", "vLLM engine"), ("VLLM::", "vLLM engine"),
          ("ServeController", "Serve controller"), ("ProxyActor", "Serve proxy"),
-         ("serving.cli", "qvq serve driver"), ("haproxy", "HAProxy"))
+         ("serving.cli", "qvq serve driver"), ("haproxy", "HAProxy"),
+         ("loadtest.vllm_server", "vLLM API server"), ("loadtest.rayllm_server", "driver"),
+         ("LLMServer", "generator replica"), ("OpenAiIngress", "router"),
+         ("raylet", "raylet"), ("gcs_server", "GCS"),
+         ("dashboard/agent.py", "metrics/dashboard agents"),
+         ("runtime_env/agent", "metrics/dashboard agents"),
+         ("dashboard/dashboard.py", "metrics/dashboard agents"),
+         ("log_monitor", "log monitor"))
 _PROCESS = re.compile(r'^process (\d+):"(.*)"$')
 
 

@@ -79,6 +79,28 @@ class ManagedServer:
                 engine += used
         return total, engine
 
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far of every process of the tree, summed by role
+        (``loadtest.profile.role_of``: router, generator replica, vLLM engine, raylet, ...)."""
+        from loadtest.profile import role_of
+
+        assert self.proc is not None
+        out: dict[str, float] = {}
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return out
+        for p in procs:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    role = role_of(" ".join(p.cmdline()))
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            out[role] = out.get(role, 0.0) + t.user + t.system
+        return out
+
     def stop(self) -> None:
         if self.proc is None:
             return
