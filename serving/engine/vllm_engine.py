@@ -15,6 +15,7 @@ from contextlib import aclosing
 from PIL import Image
 
 from serving.config import ServingConfig
+from serving.engine import reaper
 from serving.engine.protocol import EngineStep, SamplingOptions
 from serving.errors import InvalidRequestError, ServiceUnavailableError
 from serving.protocol import PreparedImage
@@ -78,7 +79,10 @@ class VLLMEngine:
                                  "max_pixels": config.image.max_pixels},
             disable_log_stats=False,
         )
+        before = reaper.descendants()
         self._engine = AsyncLLM.from_engine_args(args)
+        # vLLM's engine processes do not watch this one: take them down with it however it ends
+        self._reaper = reaper.watch(reaper.children_started_by(before))
 
     async def generate(self, prompt_token_ids: list[int], images: Sequence[PreparedImage],
                        options: SamplingOptions, request_id: str,
