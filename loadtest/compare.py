@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import pathlib
+import time
 
 from loadtest import loadgen, records
 from loadtest.photos import photo_jpeg
@@ -113,6 +114,7 @@ def run_point(server: ManagedServer, point: dict, args, cache: pathlib.Path) -> 
                                      system_prompt=args.system_prompt))
     total0, engine0 = server.cpu_seconds()
     roles0 = server.cpu_by_role()
+    client0 = time.process_time()
     if point["mode"] == "open":
         result = asyncio.run(loadgen.open_loop(server.base, bodies, point["rate"],
                                                args.max_in_flight, seed=point["seed"]))
@@ -121,6 +123,8 @@ def run_point(server: ManagedServer, point: dict, args, cache: pathlib.Path) -> 
     total1, engine1 = server.cpu_seconds()
     roles1 = server.cpu_by_role()
     summary = loadgen.summarize(result)
+    # the client shares the cores: a client near a whole core would be measuring itself
+    summary["client_cores"] = round((time.process_time() - client0) / result.wall_s, 2)
     n = max(summary["requests"], 1)
     summary["cpu_s_per_req"] = round((total1 - total0) / n, 4)
     summary["cpu_s_per_req_outside_engine"] = round(
@@ -153,10 +157,35 @@ def make_servers(names: list[str], model_dir: pathlib.Path, work: pathlib.Path,
     return {name: factories[name] for name in names}
 
 
+def _key(r: dict) -> tuple:
+    return (r["scenario"], r["mode"], r.get("rate"), r.get("concurrency"))
+
+
+def medians(results: list[dict]) -> list[dict]:
+    """One row per server and point: the median of every number over the rounds (this box's
+    run-to-run spread is large; rounds alternate the servers, so drift hits all alike)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["server"], *_key(r)), []).append(r)
+    out = []
+    for rows in groups.values():
+        row = dict(rows[0])
+        for name in rows[0]:
+            values = [r.get(name) for r in rows]
+            if name != "round" and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                       and v == v for v in values):
+                row[name] = round(statistics.median(values), 3)
+        row["rounds"] = len(rows)
+        row.pop("round", None)
+        out.append(row)
+    return out
+
+
 def ratios(results: list[dict], baseline: str = "bare-vllm") -> list[dict]:
     """ours / baseline for every point both measured."""
-    def key(r):
-        return (r["scenario"], r["mode"], r.get("rate"), r.get("concurrency"))
+    key = _key
 
     base = {key(r): r for r in results if r["server"] == baseline}
     out = []
@@ -203,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--system-prompt", action="store_true",
                         help="send the model card's system prompt in every request")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every server this many times, alternating; ratios are of "
+                             "the medians")
     parser.add_argument("--out", default=None, help="JSON path (plots go beside it)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
@@ -236,22 +268,26 @@ def main(argv: list[str] | None = None) -> int:
                 "model": "tiny random-weight Qwen2-VL" if "tiny" in str(model_dir)
                 else str(model_dir),
                 "startup_s": startup, "unavailable": unavailable,
-                "results": results,
-                "ratios": ratios(results) + ratios(results, baseline="ray-serve-llm")}
-    for name, make in make_servers(args.servers, model_dir, work,
-                                   pathlib.Path(args.config)).items():
+                "results": results, "medians": medians(results),
+                "ratios": ratios(medians(results))
+                + ratios(medians(results), baseline="ray-serve-llm")}
+    servers = make_servers(args.servers, model_dir, work, pathlib.Path(args.config))
+    for round_, (name, make) in ((r, item) for r in range(args.rounds)
+                                 for item in servers.items()):
+        if name in unavailable:
+            continue
         try:
             server = make()
         except RuntimeError as exc:  # e.g. Ray Serve LLM's extras not installable here
             unavailable[name] = str(exc)
             print(f"skipping {name}: {exc}", flush=True)
             continue
-        print(f"starting {server.name} ...", flush=True)
+        print(f"round {round_ + 1}/{args.rounds}: starting {server.name} ...", flush=True)
         try:
-            startup[server.name] = round(server.start("/v1/models"), 1)
+            startup.setdefault(server.name, round(server.start("/v1/models"), 1))
             warm_up(server, cache)
             for point in points:
-                row = run_point(server, point, args, cache)
+                row = {**run_point(server, point, args, cache), "round": round_}
                 results.append(row)
                 records.write(out, report())  # a cut-off run keeps its points
                 where = (f"rate {row['rate']:g}/s" if row["mode"] == "open"

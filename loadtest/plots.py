@@ -26,7 +26,7 @@ def _servers(results: list[dict]) -> list[str]:
 
 
 def draw(report: dict, out_json: pathlib.Path) -> list[pathlib.Path]:
-    results = report["results"]
+    results = report.get("medians") or report["results"]
     scenarios = list(dict.fromkeys(r["scenario"] for r in results))
     stem = out_json.with_suffix("")
     written = []

@@ -1,6 +1,8 @@
 """Where the time goes: a py-spy profile of every Python process of our app under load.
 
     python -m loadtest.profile [--size 4000x3000] [--concurrency 8] [--duration-s 30]
+    python -m loadtest.profile --text --concurrency 32 --max-tokens 512 --temperature 1 \
+        --system-prompt            # the reasoning-stream workload's token path
 
 Starts our app (``qvq serve``, local Ray) on 127.0.0.1, warms it up, then samples each
 Python process that does our work (Serve replicas, vLLM's engine and workers, the driver) with
@@ -28,6 +30,7 @@ from loadtest import loadgen, records
 from loadtest.photos import photo_jpeg
 from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ours
+from serving.config import QVQ_SYSTEM_PROMPT
 
 # (a substring of the process title, its role); the first match wins
 ROLES = (("Router", "router"), ("ImagePreprocessor", "preprocessor"),
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--system-prompt", action="store_true",
+                        help="send the model card's system prompt (as compare's presets do)")
+    parser.add_argument("--text", action="store_true", help="text-only requests (no photo)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).with_name("py-spy"))
@@ -139,15 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     out = records.result_path("profile", stamp, args.out)
     raw_path = out.with_suffix(".txt")
     n = max(args.concurrency * 4, 64)
-    print(f"preparing {n} photos ...", flush=True)
+    print(f"preparing {n} requests ...", flush=True)
     bodies = []
     for i in range(n):
-        jpeg = photo_jpeg(width, height, seed=70_000 + i, cache_dir=cache)
+        content: list[dict] = [{"type": "text", "text": "Describe it step by step."}]
+        if not args.text:
+            jpeg = photo_jpeg(width, height, seed=70_000 + i, cache_dir=cache)
+            content.insert(0, {"type": "image_url", "image_url": {
+                "url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}})
+        messages: list[dict] = [{"role": "user", "content": content}]
+        if args.system_prompt:
+            messages.insert(0, {"role": "system", "content": QVQ_SYSTEM_PROMPT})
         bodies.append({"model": "qvq-72b-preview", "max_tokens": args.max_tokens,
-                       "temperature": 0, "messages": [{"role": "user", "content": [
-                           {"type": "image_url", "image_url": {
-                               "url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}},
-                           {"type": "text", "text": "Describe it step by step."}]}]})
+                       "temperature": args.temperature, "messages": messages})
     encoded = loadgen.encode(bodies)
 
     server = ours(pathlib.Path(args.model_dir), work, pathlib.Path(args.config))

