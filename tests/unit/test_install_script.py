@@ -1,8 +1,8 @@
 """scripts/install.sh's pip commands (its --print mode), offline: where pip's configuration
 already resolves the CPU torch wheel (a --find-links directory), no index is added; where pip
 only knows the public index, PyTorch's CPU wheel index is added for torch alone, with a short
-timeout, and an environment variable replaces or removes it. No test here reaches a network: the script's probe
-runs pip with --no-index, and --print runs nothing else."""
+timeout, and an environment variable replaces or removes it. No test here reaches a network:
+the script's probe runs pip with --no-index, and --print runs nothing else."""
 
 from __future__ import annotations
 

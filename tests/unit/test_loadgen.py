@@ -207,3 +207,15 @@ def test_profile_recognises_our_frames_by_relative_path():
            'dumps (json/encoder.py:5) 3')
     out = summarize(raw)
     assert out["roles"]["router"]["top_ours_inclusive"] == [["handle (serving/router.py)", 3]]
+
+
+def test_rounds_are_summarised_by_medians_and_ratios_use_them():
+    rows = [{"server": server, "scenario": "text", "mode": "closed", "concurrency": 32,
+             "round": r, "output_tok_per_s": tok, "errors": 0, "error_examples": []}
+            for server, toks in (("ours", (90, 100, 500)), ("bare-vllm", (100, 200, 110)))
+            for r, tok in enumerate(toks)]
+    mids = {m["server"]: m for m in compare.medians(rows)}
+    assert mids["ours"]["output_tok_per_s"] == 100 and mids["bare-vllm"]["output_tok_per_s"] == 110
+    assert mids["ours"]["rounds"] == 3 and "round" not in mids["ours"]
+    (ratio,) = compare.ratios(list(mids.values()))
+    assert ratio["output_tok_per_s"] == round(100 / 110, 3)
