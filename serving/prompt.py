@@ -61,19 +61,24 @@ class PromptBuilder:
     def __init__(self, model: ModelConfig, tokenizer: Any):
         self._model = model
         self._tokenizer = tokenizer
+        # The Rust tokenizer itself when there is one: transformers' Python call path around it
+        # costs more than the encoding (padding and truncation strategies, batching), and this
+        # runs once per request in the generator's process. Same ids (tests/unit/test_prompt.py).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._encode = (lambda text: backend.encode(text, add_special_tokens=False).ids) \
+            if backend is not None \
+            else (lambda text: tokenizer.encode(text, add_special_tokens=False))
 
     def render(self, chat: ChatCompletionRequest,
                images: Sequence[PreparedImage]) -> RenderedPrompt:
         messages = to_template_messages(chat, self._model.default_system_prompt)
         try:
-            token_ids = self._tokenizer.apply_chat_template(
-                messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+            text = self._tokenizer.apply_chat_template(messages, tokenize=False,
+                                                       add_generation_prompt=True)
         except Exception as exc:  # noqa: BLE001 - template errors are about message shape
             raise InvalidRequestError(f"messages could not be rendered with the model's chat "
                                       f"template: {exc}", param="messages") from None
-        if token_ids and isinstance(token_ids[0], list):
-            token_ids = token_ids[0]
-        token_ids = list(token_ids)
+        token_ids = list(self._encode(text))
         n_tokens = len(token_ids) + sum(visual_tokens(i.height, i.width) - 1 for i in images)
         limit = self._model.max_model_len
         requested = chat.requested_max_tokens

@@ -54,3 +54,17 @@ def test_max_tokens_default_and_context_limit(tokenizer):
     assert info.value.param == "max_tokens"
     with pytest.raises(ContextLengthError, match="prompt alone"):
         builder.render(chat([{"type": "image_url", "image_url": "data:,"}]), [image(560, 560)])
+
+
+@pytest.mark.parametrize("content", [
+    "describe", "  spaces  and\nnewlines\t", "汉字 émoji 🍎 <|im_end|> as text",
+    [{"type": "image_url", "image_url": "data:,"}, {"type": "text", "text": "compare"},
+     {"type": "image_url", "image_url": "data:,"}]])
+def test_token_ids_equal_the_chat_templates_own_tokenization(tokenizer, content):
+    builder = PromptBuilder(ModelConfig(path="x", max_model_len=4096), tokenizer)
+    request = chat(content)
+    images = [image()] * len(request.image_urls())
+    expected = tokenizer.apply_chat_template(
+        to_template_messages(request, builder._model.default_system_prompt), tokenize=True,
+        add_generation_prompt=True, return_dict=False)
+    assert builder.render(request, images).token_ids == list(expected)
