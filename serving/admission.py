@@ -2,7 +2,7 @@
 
 Two gates, in order, before any work is dispatched:
 
-1. *Capacity* (every router replica): at most ``server.max_in_flight_requests`` requests in
+1. *Capacity* (every replica of the chat entry): at most ``server.max_in_flight_requests`` in
    flight per replica; more get 503 with ``Retry-After`` at once, so overload never turns into
    an unbounded queue, growing memory or timeouts. Deployment queues behind the router are
    bounded too (``deployments.*.max_queued_requests``: Serve refuses beyond them, which also
@@ -105,7 +105,7 @@ class Gatekeeper:
         self._config = config
         self._limiter = limiter if config.limits.any_limits else None
         self._metrics = metrics
-        self._max_in_flight = config.server.max_in_flight_requests
+        self._max_in_flight = config.max_in_flight_chats
         self._timeout = config.limits.limiter_timeout_s
         self.in_flight = 0
         self._pending: set[asyncio.Task] = set()

@@ -20,6 +20,7 @@ DEFAULT_TINY_DIR = ".qvq/models/tiny-qwen2vl"
 
 def _serve(args: argparse.Namespace) -> int:
     from serving.launch import running_app, wait_until_healthy, whereabouts
+    from serving.roles import applications
 
     config = load_config(args.config)
     if not os.path.exists(config.model.path) and os.path.isabs(config.model.path):
@@ -28,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with running_app(config) as base:
         try:
-            if wait_until_healthy(base, config.app_name, stop,
+            if wait_until_healthy(base, [name for name, _ in applications(config)], stop,
                                   on_wait=lambda line: print(line, flush=True)):
                 where = whereabouts(base)
                 print(where.describe(config.model.served_name,

@@ -223,6 +223,13 @@ class GeneratorDeploymentConfig(DeploymentConfig):
                                                    "(0 on the CPU backend).")
     accelerator_type: str | None = Field(default=None,
                                          description="Ray accelerator type, e.g. H100.")
+    stream_interval_ms: float = Field(
+        default=50.0, ge=0, le=1000,
+        description="A streamed answer crosses to the router at most once per this interval, "
+                    "with what the engine produced since merged into one message (the first "
+                    "token goes at once). Each message costs CPU on both sides, which the "
+                    "generator's node would otherwise spend on decoding. 0: one message per "
+                    "engine step.")
 
 
 # Per-role defaults that differ from DeploymentConfig's; a partial section in YAML keeps them.
@@ -414,16 +421,27 @@ class ServerConfig(StrictModel):
     max_request_body_bytes: int = Field(
         default=64 * 2**20, ge=1024, description="JSON request bodies larger than this are "
         "refused with 413 before they are parsed (images beyond it: upload them first).")
-    max_in_flight_requests: int = Field(
-        default=448, ge=1, description="Requests one router replica works on at once; more are "
-        "refused at once with 503 + Retry-After instead of queueing without bound. Must stay "
-        "below deployments.router.max_ongoing_requests, or requests queue in front of the "
-        "router (in the ingress) before this check sees them.")
+    chat_entry: Literal["generator", "router"] = Field(
+        default="generator",
+        description="Where /v1/chat/completions is served. generator: the generator replicas "
+                    "are its HTTP ingress (a Serve application of their own at /v1/chat), so "
+                    "tokens go from vLLM to the client's socket in one process (the fastest "
+                    "token path; if a generator replica dies, its clients' connections drop). "
+                    "router: the router replicas serve it and relay the tokens from the "
+                    "generator through Serve in batches (more CPU per token; a stream whose "
+                    "generator dies ends with an error event, and a request that had "
+                    "produced nothing is sent to another replica).")
+    max_in_flight_requests: int | None = Field(
+        default=None, ge=1, description="Chat requests one replica of the chat entry (see "
+        "chat_entry) works on at once; more are refused at once with 503 + Retry-After "
+        "instead of queueing without bound. Must stay below that deployment's "
+        "max_ongoing_requests, or requests queue in front of it before this check sees them. "
+        "None: 7/8 of its max_ongoing_requests.")
     replica_failure_retries: int = Field(
-        default=2, ge=0, le=5, description="A request whose preprocessor or generator replica "
-        "died before it produced anything is sent again this many times (Serve routes it to "
-        "a healthy or replacement replica); a stream that already sent text gets an error "
-        "event instead.")
+        default=2, ge=0, le=5, description="A request whose preprocessor replica (or, with "
+        "chat_entry router, generator replica) died before it produced anything is sent "
+        "again this many times (Serve routes it to a healthy or replacement replica); a "
+        "stream that already sent text gets an error event instead.")
     log_encoding: Literal["JSON", "TEXT"] = Field(
         default="JSON", description="Replica log format; JSON lines carry the request id "
                                     "(`x-request-id`) of every request through every deployment.")
@@ -589,14 +607,27 @@ class ServingConfig(StrictModel):
                                  description="Per-key rate limits and batch quotas.")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
 
+    @property
+    def chat_entry_deployment(self) -> DeploymentConfig:
+        """The deployment whose replicas serve /v1/chat/completions (server.chat_entry)."""
+        return getattr(self.deployments, self.server.chat_entry)
+
+    @property
+    def max_in_flight_chats(self) -> int:
+        """Chat requests one replica of the chat entry admits at once."""
+        explicit = self.server.max_in_flight_requests
+        return explicit if explicit is not None \
+            else max(1, self.chat_entry_deployment.max_ongoing_requests * 7 // 8)
+
     @model_validator(mode="after")
     def _admission_before_ingress_queue(self) -> ServingConfig:
-        if self.server.max_in_flight_requests >= self.deployments.router.max_ongoing_requests:
+        entry = self.server.chat_entry
+        ongoing = self.chat_entry_deployment.max_ongoing_requests
+        if self.max_in_flight_chats >= ongoing:
             raise ValueError(
-                f"server.max_in_flight_requests ({self.server.max_in_flight_requests}) must be "
-                f"below deployments.router.max_ongoing_requests "
-                f"({self.deployments.router.max_ongoing_requests}): the router must be free to "
-                "answer 503 while it is full")
+                f"server.max_in_flight_requests ({self.max_in_flight_chats}) must be below "
+                f"deployments.{entry}.max_ongoing_requests ({ongoing}), the chat entry "
+                f"(server.chat_entry: {entry}): it must be free to answer 503 while it is full")
         return self
 
     @model_validator(mode="after")

@@ -1,9 +1,10 @@
 """QVQGenerator: one vLLM engine per replica, fed pre-resized images, streaming events.
 
 Two entry points so the common case stays one hop: ``complete`` returns a whole completion;
-``stream`` yields :class:`~serving.protocol.GenerationEvent` items and always starts with an
-``accepted`` event, which the router awaits before it sends HTTP headers, so a request the
-generator rejects still gets a proper error status.
+``stream`` yields batches of :class:`~serving.protocol.GenerationEvent` items (coalesced, see
+:mod:`serving.streaming`) and always starts with an ``accepted`` event alone, which the router
+awaits before it sends HTTP headers, so a request the generator rejects still gets a proper
+error status.
 
 Reasoning operations run here, on the token stream, for live and batch traffic alike: the
 final-answer split, the loop guard (which can abort generation) and the thinking budget (which
@@ -13,12 +14,15 @@ caching makes the second pass reuse the first pass's KV blocks).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
+from fastapi import Request
+from fastapi.responses import Response
 from ray import serve
 
 from serving.config import ServingConfig
@@ -32,6 +36,8 @@ from serving.protocol import GenerationEvent, GenerationRequest, PreparedImage
 from serving.reasoning.options import resolve_reasoning_options
 from serving.reasoning.session import Next, ReasoningSession
 from serving.reasoning.vocab import filler_token_ids
+from serving.roles import GENERATOR
+from serving.streaming import coalesce
 
 logger = logging.getLogger("qvq.generator")
 
@@ -59,7 +65,13 @@ class QVQGenerator:
                                                add_special_tokens=False))
         self._metrics = GeneratorMetrics(config.model.served_name)
         self._engine: Engine = (engine_factory or VLLMEngine)(config)
+        # Everything loaded so far (torch, transformers, vLLM, the tokenizer) lives as long as
+        # the replica: out of the collector's reach, a full collection no longer walks it and
+        # pauses every stream of this replica (as vLLM's own engine process does at start).
+        gc.collect()
+        gc.freeze()
         self._in_flight = {"live": 0, "batch": 0}
+        self._stream_interval_s = config.deployments.generator.stream_interval_ms / 1000
 
     def _options(self, request: GenerationRequest, rendered: RenderedPrompt) -> SamplingOptions:
         chat = request.chat
@@ -151,8 +163,10 @@ class QVQGenerator:
                               finish_reason=finish_reason or "stop", outcome=outcome,
                               image_cache=tuple(i.cache for i in images))
 
-    async def stream(self, request: GenerationRequest,
-                     images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
+    async def live_events(self, request: GenerationRequest,
+                          images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
+        """:meth:`_generate` at live priority, counted as live load (the batch runner backs
+        off while there is some)."""
         self._in_flight["live"] += 1
         try:
             async with aclosing(self._generate(request, images, LIVE_PRIORITY)) as events:
@@ -160,6 +174,16 @@ class QVQGenerator:
                     yield event
         finally:
             self._in_flight["live"] -= 1
+
+    async def stream(self, request: GenerationRequest,
+                     images: Sequence[PreparedImage]) -> AsyncIterator[tuple[GenerationEvent, ...]]:
+        """A live stream for a caller across a Ray hop (the router, with chat_entry router):
+        the events in batches (:func:`serving.streaming.coalesce`), ``(accepted,)`` first,
+        then at most one batch per ``stream_interval_ms``."""
+        async with aclosing(coalesce(self.live_events(request, images),
+                                     self._stream_interval_s)) as batches:
+            async for batch in batches:
+                yield batch
 
     async def complete(self, request: GenerationRequest, images: Sequence[PreparedImage],
                        priority: int = LIVE_PRIORITY) -> GenerationEvent:
@@ -213,6 +237,9 @@ class QVQGenerator:
 
 
 def generator_deployment(config: ServingConfig) -> serve.Deployment:
+    """The QVQGenerator deployment. With ``server.chat_entry: generator`` its replicas are
+    also the HTTP ingress of ``/v1/chat/completions`` (:mod:`serving.chat`): the deployment is
+    the ingress of an application at ``/v1/chat`` (:mod:`serving.roles`)."""
     dep = config.deployments.generator
     tp = config.model.tensor_parallel_size
     actor_options: dict = {**dep.actor_options(),
@@ -232,15 +259,44 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
         options["placement_group_strategy"] = "STRICT_PACK"
     else:
         actor_options["num_gpus"] = dep.num_gpus_per_worker
+    ingress = config.server.chat_entry == "generator"
+    cls = _chat_ingress() if ingress else QVQGenerator
+    access_log = dep.access_log if dep.access_log is not None else ingress
     return serve.deployment(
-        QVQGenerator, name="QVQGenerator",
+        cls, name=GENERATOR,
         ray_actor_options=actor_options,
         max_ongoing_requests=dep.max_ongoing_requests,
         max_queued_requests=dep.max_queued_requests,
         autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": bool(dep.access_log),
+        logging_config={"enable_access_log": access_log,
                         "encoding": config.server.log_encoding},
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=60,
         **options,
     )
+
+
+def _chat_ingress() -> type:
+    """QVQGenerator with the chat completions route: generation runs in this process
+    (:class:`serving.chat.LocalGeneration`), images come from the preprocessor. (FastAPI
+    reads the route's annotations by name: ``Request`` and ``Response`` are module globals.)"""
+    from serving.chat import ChatEndpoint, LocalGeneration
+    from serving.roles import limiter_handle, preprocessor_handle
+    from serving.web import build_api, openai_errors
+
+    api = build_api(docs=False)
+
+    @serve.ingress(api)
+    class QVQGeneratorIngress(QVQGenerator):
+        def __init__(self, config: ServingConfig, engine_factory: EngineFactory | None = None):
+            super().__init__(config, engine_factory)
+            generation = LocalGeneration(self, preprocessor_handle(config),
+                                         config.server.replica_failure_retries)
+            self.chat = ChatEndpoint(config, generation, limiter_handle(config))
+
+        @api.post("/completions")
+        @openai_errors
+        async def chat_completions(self, request: Request) -> Response:
+            return await self.chat.answer(request)
+
+    return QVQGeneratorIngress

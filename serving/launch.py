@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from serving.config import ServingConfig
@@ -31,7 +31,7 @@ def running_app(config: ServingConfig, *, address: str | None | object = _FROM_C
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import applications
     from serving.engine.vllm_engine import engine_env
 
     address = config.ray.address if address is _FROM_CONFIG else address
@@ -53,7 +53,8 @@ def running_app(config: ServingConfig, *, address: str | None | object = _FROM_C
     try:
         serve.start(http_options={"host": host, "port": port,
                                   "request_timeout_s": config.server.request_timeout_s})
-        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+        for name, prefix, app in applications(config):
+            serve.run(app, name=name, route_prefix=prefix, blocking=False)
         yield f"http://{host}:{port}"
     finally:
         if local:
@@ -108,12 +109,13 @@ def _logs_dir() -> str | None:
         return None
 
 
-def wait_until_healthy(base_url: str, app_name: str, stop: threading.Event, *,
+def wait_until_healthy(base_url: str, app_names: Sequence[str], stop: threading.Event, *,
                        report_every_s: float = 30.0,
                        on_wait: Callable[[str], None] = print) -> bool:
     """Block until ``/health`` answers 200 (True), ``stop`` is set (False), or Serve gives up
-    on the app (ServiceUnavailableError with Serve's own message). A 72B model takes minutes
-    to load, so there is no deadline: the caller sees progress every ``report_every_s``."""
+    on one of the apps (ServiceUnavailableError with Serve's own message). A 72B model takes
+    minutes to load, so there is no deadline: the caller sees progress every
+    ``report_every_s``."""
     import httpx
     from ray import serve
 
@@ -124,16 +126,21 @@ def wait_until_healthy(base_url: str, app_name: str, stop: threading.Event, *,
                 return True
         except httpx.HTTPError:
             pass
-        app = serve.status().applications.get(app_name)
-        state = str(app.status) if app is not None else "NOT_STARTED"
-        if state.endswith(("DEPLOY_FAILED", "UNHEALTHY")):
-            raise ServiceUnavailableError(f"Serve could not start the app ({state}): "
-                                          f"{app.message if app else ''}".strip(),
-                                          code="deploy_failed")
+        statuses = serve.status().applications
+        states = {}
+        for name in app_names:
+            app = statuses.get(name)
+            state = str(app.status) if app is not None else "NOT_STARTED"
+            if state.endswith(("DEPLOY_FAILED", "UNHEALTHY")):
+                raise ServiceUnavailableError(
+                    f"Serve could not start the app {name!r} ({state}): "
+                    f"{app.message if app else ''}".strip(), code="deploy_failed")
+            states[name] = state.rsplit(".", 1)[-1]
         if time.monotonic() - last_report >= report_every_s:
             last_report = time.monotonic()
-            on_wait(f"still starting ({state}, {last_report - started:.0f} s): loading the "
-                    "model and starting the engine")
+            on_wait(f"still starting ({', '.join(f'{k}: {v}' for k, v in states.items())}, "
+                    f"{last_report - started:.0f} s): loading the model and starting the "
+                    "engine")
         stop.wait(2.0)
     return False
 

@@ -25,6 +25,7 @@ from ray import serve
 from serving.auth import caller_id
 from serving.config import KeyLimits, LimitsConfig, ServingConfig
 from serving.errors import RateLimitError
+from serving.roles import LIMITER
 
 WINDOW_S = 60.0
 
@@ -199,7 +200,7 @@ class RateLimiter:
 
 def limiter_deployment(config: ServingConfig) -> serve.Deployment:
     return serve.deployment(
-        RateLimiter, name="RateLimiter", num_replicas=1,
+        RateLimiter, name=LIMITER, num_replicas=1,
         ray_actor_options={"num_cpus": 0, **({"resources": dict(config.batch.resources)}
                                              if config.batch.resources else {})},
         max_ongoing_requests=4096, health_check_period_s=5,

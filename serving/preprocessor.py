@@ -45,6 +45,7 @@ from serving.images.sources import (
 from serving.logs import route_to_serve_logs
 from serving.metrics import PreprocessorMetrics
 from serving.protocol import PreparedImage
+from serving.roles import PREPROCESSOR
 from serving.storage.base import ObjectNotFound, ObjectStore
 from serving.storage.factory import open_store
 
@@ -296,7 +297,7 @@ class ImagePreprocessor:
 def preprocessor_deployment(config: ServingConfig) -> serve.Deployment:
     dep = config.deployments.preprocessor
     return serve.deployment(
-        ImagePreprocessor, name="ImagePreprocessor",
+        ImagePreprocessor, name=PREPROCESSOR,
         ray_actor_options=dep.actor_options(),
         max_ongoing_requests=dep.max_ongoing_requests,
         max_queued_requests=dep.max_queued_requests,

@@ -32,6 +32,7 @@ from serving.logs import route_to_serve_logs
 from serving.metrics import BatchMetrics
 from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
 from serving.reasoning.options import resolve_reasoning_options
+from serving.roles import BATCH_RUNNER, generator_handle
 from serving.storage.factory import open_store
 
 logger = logging.getLogger("qvq.batch")
@@ -46,12 +47,13 @@ def output_file_id(batch_id: str, kind: str) -> str:
 
 class BatchRunner:
     def __init__(self, config: ServingConfig, preprocessor: DeploymentHandle,
-                 generator: DeploymentHandle):
+                 generator: DeploymentHandle | None):
         route_to_serve_logs()
         self._config = config
         self._cfg = config.batch
         self._pre = preprocessor
-        self._gen = generator
+        # None: the generator is the ingress of its own application, reached by name
+        self._gen = generator or generator_handle(config)
         store = open_store(config.storage)
         self._batches = BatchStore(store)
         self._files = FileStore(store, max_bytes=config.files.max_file_bytes,
@@ -281,7 +283,7 @@ class BatchRunner:
 
 def runner_deployment(config: ServingConfig) -> serve.Deployment:
     return serve.deployment(
-        BatchRunner, name="BatchRunner", num_replicas=1,
+        BatchRunner, name=BATCH_RUNNER, num_replicas=1,
         ray_actor_options={"num_cpus": config.batch.num_cpus,
                            **({"resources": dict(config.batch.resources)}
                               if config.batch.resources else {})},

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from serving.config import ServingConfig
+from serving.roles import APP_IMPORT_PATH
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "qvq-serving"
@@ -65,7 +66,7 @@ def serving_config_of(rayservice: dict[str, Any]) -> ServingConfig:
 
     serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     (app,) = [a for a in serve_config["applications"]
-              if a["import_path"] == "serving.app:app_builder"]
+              if a["import_path"] == APP_IMPORT_PATH]
     return config_from_dict(app["args"], source="serveConfigV2", environ={})
 
 

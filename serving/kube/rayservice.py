@@ -44,15 +44,19 @@ from serving.kube.cluster import (
     ScaleError,
     api_errors,
 )
+from serving.roles import (
+    APP_IMPORT_PATH,
+    CHAT_APP_IMPORT_PATH,
+    GENERATOR,
+    PREPROCESSOR,
+    ROUTER,
+)
 
 GROUP, VERSION = "ray.io", "v1"
 NAME_LABEL = "app.kubernetes.io/name"
 NAME_LABEL_VALUE = "qvq-serving"
-APP_IMPORT_PATH = "serving.app:app_builder"
-# Our config's role -> the Serve deployment name (``serve.deployment(..., name=...)`` in
-# serving/router.py, serving/preprocessor.py, serving/generator.py).
-DEPLOYMENT_NAMES = {"router": "Router", "preprocessor": "ImagePreprocessor",
-                    "generator": "QVQGenerator"}
+# Our config's role -> the Serve deployment name (serving/roles.py).
+DEPLOYMENT_NAMES = {"router": ROUTER, "preprocessor": PREPROCESSOR, "generator": GENERATOR}
 DEPLOYMENT_ROLES = tuple(DEPLOYMENT_NAMES)
 API_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -278,16 +282,24 @@ def _errors(exc: ValidationError) -> str:
 
 @dataclass
 class ServeApp:
-    """The application of ``spec.serveConfigV2`` that runs ``serving.app:app_builder``."""
+    """Our applications in ``spec.serveConfigV2``: the one that runs ``serving.app:app_builder``
+    (its ``args`` are the config), and, with ``server.chat_entry: generator``, the one that
+    runs ``serving.app:chat_app_builder`` and holds the generator deployment."""
 
     raw: str                      # serveConfigV2 as stored
     doc: dict                     # serveConfigV2 parsed
-    index: int                    # position in doc["applications"]
+    index: int                    # position of the main application in doc["applications"]
     label: str                    # "RayService <name> serveConfigV2 application '<app>'"
+    chat_index: int | None = None  # position of the chat application, if there is one
 
     @property
     def app(self) -> dict:
         return self.doc["applications"][self.index]
+
+    def index_of(self, role: str) -> int:
+        """The application whose ``deployments`` list holds ``role``'s entry."""
+        return self.chat_index if role == "generator" and self.chat_index is not None \
+            else self.index
 
     @property
     def source(self) -> str:
@@ -307,24 +319,36 @@ class ServeApp:
                             f"works with an inline config in args")
         return config_from_dict(args, source=self.source, environ={})
 
-    def deployment_entries(self) -> list[dict]:
-        """The app's ``deployments`` list: per-deployment options applied on top of the code."""
-        entries = self.app.get("deployments") or []
+    def deployment_entries(self, index: int | None = None) -> list[dict]:
+        """The ``deployments`` list of one application (default: all of ours): per-deployment
+        options applied on top of the code."""
+        if index is None:
+            indexes = [self.index] + ([self.chat_index] if self.chat_index is not None else [])
+            return [e for i in indexes for e in self.deployment_entries(i)]
+        app = self.doc["applications"][index]
+        label = f"{self.label.rsplit(' application ', 1)[0]} application " \
+                f"{app.get('name', index)!r}"
+        entries = app.get("deployments") or []
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e
                                                     for e in entries):
-            raise KubeError(f"{self.label}: deployments must be a list of mappings, each with "
+            raise KubeError(f"{label}: deployments must be a list of mappings, each with "
                             f"a name")
         names = [e["name"] for e in entries]
         if twice := sorted({n for n in names if names.count(n) > 1}):
-            raise KubeError(f"{self.label}: deployments lists {', '.join(map(str, twice))} more "
+            raise KubeError(f"{label}: deployments lists {', '.join(map(str, twice))} more "
                             f"than once; keep one entry per deployment")
         return entries
 
     def overrides(self) -> dict[str, dict]:
-        """Role -> the ``autoscaling_config`` override of its deployment, where there is one."""
-        by_name = {e["name"]: e.get("autoscaling_config") for e in self.deployment_entries()}
-        return {role: by_name[name] for role, name in DEPLOYMENT_NAMES.items()
-                if isinstance(by_name.get(name), dict)}
+        """Role -> the ``autoscaling_config`` override of its deployment, where there is one
+        (looked up in the application that runs the role)."""
+        out = {}
+        for role, name in DEPLOYMENT_NAMES.items():
+            entry = next((e for e in self.deployment_entries(self.index_of(role))
+                          if e["name"] == name), None)
+            if entry is not None and isinstance(entry.get("autoscaling_config"), dict):
+                out[role] = entry["autoscaling_config"]
+        return out
 
     def autoscaling(self, role: str, config: ServingConfig | None = None) -> AutoscalingConfig:
         """The autoscaling Serve runs ``role`` with: its override where there is one, else
@@ -366,10 +390,12 @@ def serve_app(rs: dict) -> ServeApp:
     apps = doc.get("applications") if isinstance(doc, dict) else None
     if not isinstance(apps, list):
         raise KubeError(f"RayService {name!r}: spec.serveConfigV2 has no applications list")
+    chat = next((i for i, app in enumerate(apps) if isinstance(app, dict)
+                 and app.get("import_path") == CHAT_APP_IMPORT_PATH), None)
     for index, app in enumerate(apps):
         if isinstance(app, dict) and app.get("import_path") == APP_IMPORT_PATH:
             return ServeApp(raw, doc, index, f"RayService {name} serveConfigV2 application "
-                                             f"{app.get('name', index)!r}")
+                                             f"{app.get('name', index)!r}", chat)
     paths = ", ".join(str(a.get("import_path")) for a in apps if isinstance(a, dict)) or "none"
     raise KubeError(f"RayService {name!r}: no application in spec.serveConfigV2 imports "
                     f"{APP_IMPORT_PATH} (found: {paths})")
@@ -507,14 +533,16 @@ def plan_deployment_scale(rs: dict, role: str, min_replicas: int | None,
     if not changes:
         return []
     doc = copy.deepcopy(app.doc)
-    target = doc["applications"][app.index]
+    index = app.index_of(role)
+    target = doc["applications"][index]
     entries = target["deployments"] = target.get("deployments") or []
     entry = next((e for e in entries if e["name"] == name), None)
     if entry is None:
         entries.append(entry := {"name": name})
     entry["autoscaling_config"] = wanted.to_serve()
-    _check_serve_config(doc, app.index, name)
-    old_version, new_version = _code_version(app.app), _code_version(target)
+    _check_serve_config(doc, index, name)
+    old_version = _code_version(app.doc["applications"][index])
+    new_version = _code_version(target)
     if old_version is not None and old_version == new_version:
         effect = (f"Serve applies the new autoscaling_config of {name} in place, without "
                   f"restarting replicas")

@@ -70,41 +70,58 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
                                                             "max_replicas": 1}
     config["storage"] = {"backend": "s3", "s3": s3_server.s3_config(bucket="qvq-test"),
                          "allowed_source_buckets": ["qvq-sources"]}
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    keys = [f"ci:{API_KEY}", f"other:{OTHER_KEY}",
-            *(f"limited-{name}:{key}" for name, key in LIMITED_KEYS.items())]
-    env = {**os.environ, "QVQ_TEST_KEYS": ",".join(keys),
-           "RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    base = f"http://127.0.0.1:{port}"
-    state = {"base": base, "config": config, "log": tmp / "serve.log", "s3": s3_server}
+    stack = Stack(config, tmp)
+    stack.state["s3"] = s3_server
+    try:
+        stack.start()
+        yield stack.state
+    finally:
+        stack.stop()
 
-    def start() -> None:
-        """Start `qvq serve` and wait until /health answers (also used to restart it)."""
-        with (tmp / "serve.log").open("a") as log:
+
+class Stack:
+    """``qvq serve`` with one config, on its own 127.0.0.1 port; start() waits until /health
+    answers (also used to restart it), stop() ends it and everything it started."""
+
+    def __init__(self, config: dict, tmp: pathlib.Path):
+        self.tmp = tmp
+        self.path = tmp / "config.yaml"
+        self.path.write_text(yaml.safe_dump(config))
+        keys = [f"ci:{API_KEY}", f"other:{OTHER_KEY}",
+                *(f"limited-{name}:{key}" for name, key in LIMITED_KEYS.items())]
+        self.env = {**os.environ, "QVQ_TEST_KEYS": ",".join(keys),
+                    "RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.base = f"http://127.0.0.1:{config['server']['port']}"
+        self.state = {"base": self.base, "config": config, "log": tmp / "serve.log",
+                      "start": self.start, "stop": self.stop}
+
+    def start(self) -> None:
+        log_path = self.tmp / "serve.log"
+        with log_path.open("a") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "serving.cli", "serve", "--config", str(path)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        state["proc"] = proc
+                [sys.executable, "-m", "serving.cli", "serve", "--config", str(self.path)],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.state["proc"] = proc
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"qvq serve exited early; log: {tmp / 'serve.log'}\n"
-                                   + (tmp / "serve.log").read_text()[-4000:])
+                raise RuntimeError(f"qvq serve exited early; log: {log_path}\n"
+                                   + log_path.read_text()[-4000:])
             try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                if httpx.get(f"{self.base}/health", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("qvq serve did not become healthy in time:\n"
-                                   + (tmp / "serve.log").read_text()[-4000:])
+                                   + log_path.read_text()[-4000:])
             time.sleep(2)
         # the Ray session of this stack (later tests may start other Ray clusters)
-        state["ray_session"] = pathlib.Path("/tmp/ray/session_latest").resolve()
+        self.state["ray_session"] = pathlib.Path("/tmp/ray/session_latest").resolve()
 
-    def stop() -> None:
-        proc = state.get("proc")
+    def stop(self) -> None:
+        proc = self.state.get("proc")
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
@@ -113,13 +130,6 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-    state["start"], state["stop"] = start, stop
-    try:
-        start()
-        yield state
-    finally:
-        stop()
 
 
 @pytest.fixture(scope="session")

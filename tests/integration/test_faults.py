@@ -6,6 +6,7 @@ batch job. Each test prints its recovery time (run with -s to see them). These t
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import hashlib
 import json
 import signal
@@ -18,6 +19,7 @@ import pytest
 from botocore.config import Config
 
 from tests.images import data_url, encode, photo
+from tests.integration.conftest import API_KEY, Stack, free_port
 from tests.integration.forcing import RUNS_TO_MAX_TOKENS
 from tests.integration.polling import until_ok
 from tests.integration.test_batches import line, results, submit, wait
@@ -28,23 +30,42 @@ RECOVERY_LIMIT_S = 240
 
 
 def replica_processes(deployment: str) -> list[psutil.Process]:
-    tag = f"ServeReplica:qvq:{deployment}"
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any(tag in part for part in (p.info["cmdline"] or []))]
+    """Replica processes of ``deployment`` in either application (qvq, qvq-chat)."""
+    def ours(cmdline: list[str]) -> bool:
+        return any(part.startswith(("ray::ServeReplica:qvq:", "ray::ServeReplica:qvq-chat:"))
+                   and part.endswith(f":{deployment}") for part in cmdline)
+    return [p for p in psutil.process_iter(["cmdline"]) if ours(p.info["cmdline"] or [])]
 
 
 def kill_replicas(deployment: str) -> list[int]:
-    """SIGKILL every replica process of ``deployment`` and its children (vLLM's engine core),
-    like a crashed pod."""
+    """SIGKILL every replica process of ``deployment``, and only it: no shutdown code runs,
+    as when Ray kills an actor or the kernel kills it for memory. What it started (vLLM's
+    engine processes) must die with it (serving/engine/reaper.py); ``engine_orphans`` checks."""
     victims = replica_processes(deployment)
     assert victims, f"no {deployment} replica process found"
-    doomed = [p for v in victims for p in [v, *v.children(recursive=True)]]
-    for p in doomed:
+    kill_replicas.children = [c for v in victims for c in v.children(recursive=True)]
+    for p in victims:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
     return [v.pid for v in victims]
+
+
+def engine_orphans(timeout_s: float = 30) -> list[str]:
+    """What the last killed replicas had started and is still running after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = []
+        for child in getattr(kill_replicas, "children", []):
+            try:
+                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{child.pid} {child.name()}")
+            except psutil.NoSuchProcess:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
 
 
 def upload(client, seed: int) -> httpx.Response:
@@ -108,9 +129,14 @@ def test_preprocessor_killed_mid_request_is_retried_invisibly(client, server,
           "(retried on the replacement replica)")
 
 
-def test_generator_killed_mid_stream_ends_cleanly_then_recovers(client, server):
+def test_generator_killed_mid_stream_drops_its_streams_then_recovers(client, server):
+    """chat_entry generator: the replica that dies is the one holding the client's response,
+    so the stream breaks off (no [DONE]; the openai client raises), its engine goes down with
+    it, and Serve's replacement serves the next request. (chat_entry router keeps the
+    connection on the router and ends such a stream with an error event: see the last test.)"""
     body = chat_body("Count the apples in the picture and explain step by step.",
                      max_tokens=3000, stream=True, **RUNS_TO_MAX_TOKENS)
+    rest: list[str] = []
     with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()
@@ -118,17 +144,19 @@ def test_generator_killed_mid_stream_ends_cleanly_then_recovers(client, server):
         assert any(x.startswith("data: {") for x in got)
         kill_replicas("QVQGenerator")
         killed_at = time.monotonic()
-        rest = [x for x in lines if x.startswith("data: ")]
+        try:
+            rest = [x for x in lines if x.startswith("data: ")]
+        except httpx.HTTPError:
+            pass  # the response was cut: what HAProxy does when its server goes away
     ended_s = time.monotonic() - killed_at
-    assert rest[-1] == "data: [DONE]"
-    error = json.loads(rest[-2][len("data: "):])
-    assert error["error"]["type"] == "service_unavailable", error
-    assert "Traceback" not in rest[-2]
+    assert "data: [DONE]" not in rest and ended_s < 60
+    assert kill_replicas.children, "the generator replica had no engine processes"
+    assert engine_orphans() == []  # vLLM's engine went down with its replica
     recovery = until_ok(lambda: client.post("/v1/chat/completions",
                                             json=chat_body("hi", max_tokens=2)),
                         RECOVERY_LIMIT_S)
-    print(f"\ngenerator killed mid-stream: error event after {ended_s:.1f}s; the next request "
-          f"succeeded {recovery:.1f}s after the kill (Serve replaced the replica)")
+    print(f"\ngenerator killed mid-stream: the stream broke off {ended_s:.1f}s after the kill; "
+          f"the next request succeeded {recovery:.1f}s after it (Serve replaced the replica)")
 
 
 def test_app_restart_during_a_batch_resumes_it(openai_client, server):
@@ -156,3 +184,52 @@ def _stack_is_healthy_after(server):
     with httpx.Client(base_url=server["base"], timeout=30) as c:
         until_ok(lambda: c.get("/health"), RECOVERY_LIMIT_S)
 
+
+
+def test_router_entry_ends_streams_cleanly_and_resends_when_a_generator_dies(server, tmp_path):
+    """chat_entry router, on a stack of its own: the router holds the client's connection, so
+    when the generator replica dies mid-stream the stream ends with an error event and
+    [DONE], and a non-streamed request that was generating is sent again to the replacement
+    replica and answered in full."""
+    server["stop"]()
+    config = copy.deepcopy(server["config"])
+    config["server"].update(chat_entry="router", port=free_port())
+    stack = Stack(config, tmp_path)
+    try:
+        stack.start()
+        with httpx.Client(base_url=stack.base, timeout=RECOVERY_LIMIT_S,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as routed:
+            body = chat_body("Count the apples in the picture and explain step by step.",
+                             max_tokens=3000, stream=True, **RUNS_TO_MAX_TOKENS)
+            with routed.stream("POST", "/v1/chat/completions", json=body) as resp:
+                assert resp.status_code == 200
+                lines = resp.iter_lines()
+                assert any(next(lines).startswith("data: {") for _ in range(6))
+                kill_replicas("QVQGenerator")
+                killed_at = time.monotonic()
+                rest = [x for x in lines if x.startswith("data: ")]
+            ended_s = time.monotonic() - killed_at
+            assert rest[-1] == "data: [DONE]"
+            error = json.loads(rest[-2][len("data: "):])
+            assert error["error"]["type"] == "service_unavailable", error
+            assert "Traceback" not in rest[-2]
+            assert engine_orphans() == []
+            until_ok(lambda: routed.post("/v1/chat/completions",
+                                         json=chat_body("hi", max_tokens=2)),
+                     RECOVERY_LIMIT_S)
+            long = chat_body("Tell a long story.", max_tokens=1200, **RUNS_TO_MAX_TOKENS)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(routed.post, "/v1/chat/completions", json=long)
+                time.sleep(2)  # generating: 1200 tokens take longer than this on any CPU
+                kill_replicas("QVQGenerator")
+                t0 = time.monotonic()
+                answered = pending.result(timeout=RECOVERY_LIMIT_S)
+            resent_s = time.monotonic() - t0
+            assert answered.status_code == 200, answered.text
+            assert answered.json()["usage"]["completion_tokens"] == 1200
+            assert engine_orphans() == []
+        print(f"\nchat_entry router: error event {ended_s:.1f}s after the generator died; a "
+              f"non-streamed request sent again and answered {resent_s:.1f}s after the kill")
+    finally:
+        stack.stop()
+        server["start"]()

@@ -1,6 +1,7 @@
 """What operators see: x-request-id on every response and in the JSON logs of every deployment
-the request crossed, our Prometheus metrics on Ray's metrics endpoint, and logs that never hold
-an API key or a storage secret."""
+the request crossed (a chat request: the generator that serves it and the preprocessor; the
+router's routes: the router), our Prometheus metrics on Ray's metrics endpoint, and logs that
+never hold an API key or a storage secret."""
 
 from __future__ import annotations
 
@@ -42,16 +43,22 @@ def test_request_id_is_returned_and_logged_by_every_deployment(client, server):
     assert generated.headers.get("x-request-id")  # one is made up when the client sends none
     bad = client.post("/v1/chat/completions", json={"model": "nope"})
     assert bad.status_code == 400 and bad.headers.get("x-request-id")
+    # the router's routes too (chat is served by the generator: server.chat_entry generator)
+    listing_id = f"test-{uuid.uuid4().hex}"
+    listed = client.get("/v1/files", headers={"x-request-id": listing_id})
+    assert listed.headers["x-request-id"] == listing_id
     deadline = time.monotonic() + 30
     while True:
         logs = serve_logs(server)
         found = {dep for dep, records in logs.items()
                  if any(r.get("request_id") == request_id for r in records)}
-        if found >= {"Router", "ImagePreprocessor", "QVQGenerator"} \
+        router = any(r.get("request_id") == listing_id for r in logs.get("Router", []))
+        if (found >= {"ImagePreprocessor", "QVQGenerator"} and router) \
                 or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert found >= {"Router", "ImagePreprocessor", "QVQGenerator"}, found
+    assert found >= {"ImagePreprocessor", "QVQGenerator"}, found
+    assert router, "the router logged no line with its request's id"
     generator_lines = [r["message"] for r in logs["QVQGenerator"]
                        if r.get("request_id") == request_id]
     assert any("prompt +" in m and "completion tokens" in m for m in generator_lines)

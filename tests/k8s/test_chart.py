@@ -11,6 +11,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serving.kube import chart
+from serving.roles import applications, generator_app_name
 from tests.k8s.validation import KUBE_VERSIONS, validate_object
 
 pytestmark = pytest.mark.k8s
@@ -70,15 +71,34 @@ def test_serve_config_inside_is_our_config(rendered):
     svc = rayservice(objs)
     serve_config = yaml.safe_load(svc["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)  # what Ray's Serve REST API accepts
-    (app,) = serve_config["applications"]
-    assert (app["import_path"], app["route_prefix"]) == ("serving.app:app_builder", "/")
     config = chart.serving_config_of(svc)
-    assert app["name"] == config.app_name
+    # the applications our code builds from that config, with the same args each
+    apps = serve_config["applications"]
+    assert [(a["name"], a["route_prefix"]) for a in apps] == applications(config)
+    assert [a["import_path"] for a in apps] == [
+        "serving.app:app_builder", "serving.app:chat_app_builder"][:len(apps)]
+    assert all(a["args"] == apps[0]["args"] for a in apps)
+    # each deployment's override sits in the application that runs it
+    held = {a["name"]: {d["name"] for d in a["deployments"]} for a in apps}
+    assert held[generator_app_name(config)] >= {"QVQGenerator"}
+    assert held[config.app_name] >= {"Router", "ImagePreprocessor"}
     expected = copy.deepcopy((values or {}).get("serve", {}).get("config", {}))
     model = expected.get("model", {})
     for field, value in model.items():
         assert getattr(config.model, field) == value, field
     assert config.storage.backend == "s3"
+
+
+def test_chat_entry_router_renders_one_application_with_every_override():
+    svc = rayservice(render_objects({"serve": {"config": {"server": {"chat_entry": "router"}}}}))
+    serve_config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(serve_config)
+    (app,) = serve_config["applications"]
+    assert (app["name"], app["import_path"], app["route_prefix"]) == (
+        "qvq", "serving.app:app_builder", "/")
+    assert [d["name"] for d in app["deployments"]] == ["Router", "ImagePreprocessor",
+                                                       "QVQGenerator"]
+    assert chart.serving_config_of(svc).server.chat_entry == "router"
 
 
 def test_head_holds_no_gpus_and_runs_no_replicas(rendered):
@@ -299,8 +319,8 @@ def test_deployment_overrides_equal_what_the_code_sets(rendered):
     _, _, objs = rendered
     svc = rayservice(objs)
     config = chart.serving_config_of(svc)
-    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
-    overrides = {d["name"]: d["autoscaling_config"] for d in app["deployments"]}
+    apps = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    overrides = {d["name"]: d["autoscaling_config"] for app in apps for d in app["deployments"]}
     roles = {"Router": config.deployments.router, "ImagePreprocessor":
              config.deployments.preprocessor, "QVQGenerator": config.deployments.generator}
     assert set(overrides) == set(roles)
@@ -315,8 +335,11 @@ def test_scaling_a_deployment_of_the_rendered_service_is_in_place():
     (patch,) = plan_deployment_scale(svc, "generator", 2, 6)
     new = yaml.safe_load([op for op in patch.ops if op["op"] == "replace"][0]["value"])
     old = yaml.safe_load(svc["spec"]["serveConfigV2"])
-    assert _code_version(new["applications"][0]) == _code_version(old["applications"][0])
-    assert new["applications"][0]["args"] == old["applications"][0]["args"]
-    gen = {d["name"]: d for d in new["applications"][0]["deployments"]}["QVQGenerator"]
+    # the generator is the chat application's (chat_entry generator): only it changes
+    assert new["applications"][0] == old["applications"][0]
+    chat_new, chat_old = new["applications"][1], old["applications"][1]
+    assert _code_version(chat_new) == _code_version(chat_old)
+    assert chat_new["args"] == chat_old["args"]
+    gen = {d["name"]: d for d in chat_new["deployments"]}["QVQGenerator"]
     assert (gen["autoscaling_config"]["min_replicas"],
             gen["autoscaling_config"]["max_replicas"]) == (2, 6)

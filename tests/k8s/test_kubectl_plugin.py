@@ -392,6 +392,33 @@ def test_scale_deployment_writes_an_override_and_leaves_args_alone(kube, capsys)
     assert "Helm values still hold the old bounds" in err
 
 
+def test_scale_generator_writes_into_the_chat_application(kube, capsys):
+    """The chart's layout with server.chat_entry generator: the generator's override lives
+    in the application that runs it (serving.app:chat_app_builder), the main one is left
+    alone, and `config` reads it from there."""
+    emulator, kubeconfig = kube
+    rs = rayservice()
+    main = {"name": "qvq", "import_path": "serving.app:app_builder", "route_prefix": "/",
+            "args": serve_args(), "deployments": []}
+    chat = {"name": "qvq-chat", "import_path": "serving.app:chat_app_builder",
+            "route_prefix": "/v1/chat", "args": serve_args(), "deployments": []}
+    rs["spec"]["serveConfigV2"] = yaml.safe_dump({"applications": [main, chat]},
+                                                 sort_keys=False)
+    emulator.objects[RAYSERVICES, NS, NAME] = rs
+    code, out, err = run(capsys, "scale", "generator", "--min", "2", "--max", "5",
+                         "--kubeconfig", kubeconfig)
+    assert code == 0, err
+    doc = yaml.safe_load(stored(emulator, RAYSERVICES, NAME)["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(doc)
+    after_main, after_chat = doc["applications"]
+    assert after_main == main
+    assert after_chat["deployments"] == [{"name": "QVQGenerator",
+                                          "autoscaling_config": GENERATOR_2_5}]
+    code, out, err = run(capsys, "config", "-o", "json", "--kubeconfig", kubeconfig)
+    assert code == 0, err
+    assert json.loads(out)["deployments"]["generator"]["autoscaling"]["max_replicas"] == 5
+
+
 def test_scale_deployment_again_updates_its_entry_in_place(kube, capsys):
     emulator, kubeconfig = kube
     for argv in (["--min", "2", "--max", "5"], ["--max", "3"]):

@@ -57,20 +57,50 @@ def test_build_app_and_serve_builder(tmp_path):
         app_builder({"config_path": "x.yaml", "model": {}})
 
 
-def test_serve_config_yaml_points_at_the_builder():
+def test_serve_config_yaml_points_at_the_builders():
     import yaml
 
+    from serving.app import chat_app_builder
+    from serving.roles import applications
+
     serve_config = yaml.safe_load((ROOT / "configs" / "serve-local.yaml").read_text())
-    app = serve_config["applications"][0]
-    assert app["import_path"] == "serving.app:app_builder"
-    assert isinstance(app_builder(app["args"]), Application)
+    main, chat = serve_config["applications"]
+    assert main["import_path"] == "serving.app:app_builder"
+    assert chat["import_path"] == "serving.app:chat_app_builder"
+    assert isinstance(app_builder(main["args"]), Application)
+    assert isinstance(chat_app_builder(chat["args"]), Application)
+    config = load_config(ROOT / main["args"]["config_path"], environ={})
+    assert [(a["name"], a["route_prefix"]) for a in serve_config["applications"]] \
+        == applications(config)
 
 
-def test_access_logs_on_the_router_only_by_default():
+def test_chat_entry_decides_the_applications():
+    from serving.app import applications, build_chat_app
+    from serving.config import config_from_dict
+
+    config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
+    assert [(name, prefix) for name, prefix, _ in applications(config)] \
+        == [("qvq", "/"), ("qvq-chat", "/v1/chat")]
+    data = config.model_dump(mode="json")
+    data["server"]["chat_entry"] = "router"
+    routed = config_from_dict(data, environ={})
+    assert [(name, prefix) for name, prefix, _ in applications(routed)] == [("qvq", "/")]
+    with pytest.raises(ValueError, match="chat_entry: generator"):
+        build_chat_app(routed)
+
+
+def test_access_logs_on_the_ingress_deployments_only_by_default():
     config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
     assert router_deployment(config).logging_config["enable_access_log"] is True
-    assert generator_deployment(config).logging_config["enable_access_log"] is False
+    # chat_entry generator: the generator is the ingress of /v1/chat/completions
+    assert generator_deployment(config).logging_config["enable_access_log"] is True
     assert preprocessor_deployment(config).logging_config["enable_access_log"] is False
+    from serving.config import config_from_dict
+
+    data = config.model_dump(mode="json")
+    data["server"]["chat_entry"] = "router"
+    routed = config_from_dict(data, environ={})
+    assert generator_deployment(routed).logging_config["enable_access_log"] is False
 
 
 def test_custom_resources_pin_replicas_and_fit_the_replica_bundle(qvq72b):

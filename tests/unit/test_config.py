@@ -101,16 +101,24 @@ def test_partial_deployment_sections_keep_the_role_defaults():
     assert again == config
 
 
-def test_router_admission_cap_must_leave_the_router_room_to_refuse():
+def test_admission_cap_must_leave_the_chat_entry_room_to_refuse():
     import pytest
 
     from serving.config import config_from_dict
     from serving.errors import ConfigError
 
     base = {"model": {"path": "m"}}
-    assert config_from_dict(base, environ={}).server.max_in_flight_requests == 448
+    default = config_from_dict(base, environ={})
+    assert default.server.chat_entry == "generator"
+    assert default.max_in_flight_chats == 256 * 7 // 8  # of the generator's 256 ongoing
+    with pytest.raises(ConfigError, match="must be below deployments.generator.max_ongoing"):
+        config_from_dict({**base, "server": {"max_in_flight_requests": 256}}, environ={})
+    routed = config_from_dict({**base, "server": {"chat_entry": "router",
+                                                  "max_in_flight_requests": 448}}, environ={})
+    assert routed.max_in_flight_chats == 448  # below the router's 512
     with pytest.raises(ConfigError, match="must be below deployments.router.max_ongoing"):
-        config_from_dict({**base, "server": {"max_in_flight_requests": 512}}, environ={})
+        config_from_dict({**base, "server": {"chat_entry": "router",
+                                             "max_in_flight_requests": 512}}, environ={})
     limits = config_from_dict({**base, "limits": {"default": {"requests_per_minute": 5},
                                                   "per_key": {"a": {}}}}, environ={}).limits
     assert limits.any_limits and limits.for_key("a").requests_per_minute is None

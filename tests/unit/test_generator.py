@@ -62,7 +62,7 @@ def request(**fields) -> GenerationRequest:
 
 
 async def collect(gen, req):
-    return [event async for event in gen.stream(req, [])]
+    return [event async for batch in gen.stream(req, []) for event in batch]
 
 
 def test_loop_stop_aborts_the_engine_and_keeps_the_reasoning(tiny_model_dir):
@@ -154,9 +154,9 @@ def test_logit_bias_outside_the_vocabulary_is_refused_before_acceptance(tiny_mod
 
     gen, engine = make(tiny_model_dir, [[]])
     vocab = len(gen._tokenizer)
-    events = gen.stream(request(logit_bias={str(vocab): 5}), [])
+    batches = gen.stream(request(logit_bias={str(vocab): 5}), [])
     with pytest.raises(InvalidRequestError, match=f"ids 0 to {vocab - 1}") as exc:
-        asyncio.run(events.__anext__())  # the first event: no "accepted" before the error
+        asyncio.run(batches.__anext__())  # the first batch: no "accepted" before the error
     assert exc.value.param == "logit_bias" and engine.calls == []
 
 

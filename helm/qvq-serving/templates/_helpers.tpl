@@ -394,15 +394,18 @@ workerGroupSpecs:
   {{- end }}
 {{- end -}}
 
-{{/* Serve deployment overrides carrying each deployment's autoscaling bounds. They equal what
+{{/* Serve deployment overrides carrying the autoscaling bounds of the deployments of one
+application (.roles: those it holds). They equal what
 the app's code sets from the same config (AutoscalingConfig.to_serve(); a test checks it), and
 having them from the first install makes later `kubectl qvq scale <deployment>` an in-place
 update: Serve hashes the list of overridden deployments into the app's code version, so adding
 an override later would restart every replica once, while changing one does not. */}}
 {{- define "qvq-serving.deploymentOverrides" -}}
 {{- $deployments := .deployments | default dict -}}
+{{- $names := dict "router" "Router" "preprocessor" "ImagePreprocessor" "generator" "QVQGenerator" -}}
 {{- $out := list -}}
-{{- range $role, $name := dict "router" "Router" "preprocessor" "ImagePreprocessor" "generator" "QVQGenerator" -}}
+{{- range $role := .roles -}}
+{{- $name := index $names $role -}}
 {{- $given := (index $deployments $role | default dict).autoscaling | default dict -}}
 {{- $auto := merge (deepCopy $given) (dict "min_replicas" 1 "max_replicas" 1 "target_ongoing_requests" 2.0 "upscale_delay_s" 30.0 "downscale_delay_s" 600.0 "look_back_period_s" 30.0) -}}
 {{- $_ := set $auto "initial_replicas" (max (int $auto.min_replicas) 1) -}}
