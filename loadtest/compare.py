@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                       f" p99 {row['latency_p99_ms']:8.1f} ms  gap p50/p99 "
                       f"{row['chunk_gap_p50_ms']}/{row['chunk_gap_p99_ms']} ms  cpu "
                       f"{row['cpu_s_per_req']:.3f} s/req {row['cpu_s_per_1k_tokens']:.2f} s/1k "
-                      f"tok  errors {row['errors']}", flush=True)
+                      f"tok  headers p50/p90 {row['headers_p50_ms']}/{row['headers_p90_ms']} "
+                      f"tail p90 {row['tail_p90_ms']} ms  errors {row['errors']}", flush=True)
                 print("    cpu s by role: " + ", ".join(
                     f"{role} {sec}" for role, sec in row["cpu_s_by_role"].items()), flush=True)
         except RuntimeError as exc:

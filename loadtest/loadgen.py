@@ -40,6 +40,8 @@ class Sample:
     connect_s: float | None = None  # opening a new TCP connection, if one was opened
     started_at: float = 0.0  # perf_counter of the intended start (set by the loops)
     chunk_gaps_s: list[float] = field(default_factory=list)  # between text-carrying chunks
+    headers_s: float | None = None  # request written -> response headers read
+    tail_s: float | None = None  # the [DONE] event -> the end of the response
 
     @property
     def send_lag_s(self) -> float | None:
@@ -124,6 +126,7 @@ async def stream_request(client: httpx.AsyncClient, body: bytes, started: float)
         async with client.stream("POST", "/v1/chat/completions", content=body,
                                  headers={"Content-Type": "application/json"},
                                  extensions={"trace": clock}) as resp:
+            headers_at = time.perf_counter()
             if resp.status_code != 200:
                 text = (await resp.aread()).decode(errors="replace")[:200]
                 return Sample(False, time.perf_counter() - started, None, 0,
@@ -131,8 +134,12 @@ async def stream_request(client: httpx.AsyncClient, body: bytes, started: float)
                               status=resp.status_code,
                               retry_after=resp.headers.get("Retry-After"),
                               **clock.fields())
+            done_at = None
             async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                if line == "data: [DONE]":
+                    done_at = time.perf_counter()
+                    continue
+                if not line.startswith("data: "):
                     continue
                 # Only the rare chunks are parsed: the client shares the machine's cores with
                 # the server, and a JSON parse per text chunk would make it a bottleneck.
@@ -154,8 +161,11 @@ async def stream_request(client: httpx.AsyncClient, body: bytes, started: float)
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         return Sample(False, time.perf_counter() - started, ttft, tokens,
                       error=f"{type(exc).__name__}: {exc}"[:200], **clock.fields())
-    return Sample(True, time.perf_counter() - started, ttft, tokens, status=200,
-                  chunk_gaps_s=gaps, **clock.fields())
+    end = time.perf_counter()
+    sent = clock.sent_at
+    return Sample(True, end - started, ttft, tokens, status=200, chunk_gaps_s=gaps,
+                  headers_s=None if sent is None else headers_at - sent,
+                  tail_s=None if done_at is None else end - done_at, **clock.fields())
 
 
 async def plain_request(client: httpx.AsyncClient, body: bytes, started: float) -> Sample:
@@ -247,6 +257,11 @@ def sent_per_s(samples: list[Sample]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
+def _ms(values: list[float | None], q: float) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(percentile(known, q) * 1000, 1) if known else None
+
+
 def summarize(result: LoadResult) -> dict:
     ok = result.ok
     lat = [s.latency_s for s in ok]
@@ -269,6 +284,11 @@ def summarize(result: LoadResult) -> dict:
         "chunk_gap_p99_ms": round(percentile(gaps, 0.99) * 1000, 1),
         "chunk_gap_max_ms": round(max(gaps) * 1000, 1) if gaps else float("nan"),
         "tokens_per_chunk": round(tokens / (len(gaps) + len(ttft)), 2) if gaps else None,
+        # the server's response time outside generation: to its headers, and from its last
+        # event to the end of the response
+        "headers_p50_ms": _ms([s.headers_s for s in ok], 0.5),
+        "headers_p90_ms": _ms([s.headers_s for s in ok], 0.9),
+        "tail_p90_ms": _ms([s.tail_s for s in ok], 0.9),
         "client_wait_p99_ms": round(percentile([s.client_wait_s for s in result.samples],
                                                0.99) * 1000, 1),
         "latencies_ms": [round(x * 1000, 1) for x in sorted(lat)],

@@ -112,8 +112,8 @@ def _logs_dir() -> str | None:
 def wait_until_healthy(base_url: str, app_names: Sequence[str], stop: threading.Event, *,
                        report_every_s: float = 30.0,
                        on_wait: Callable[[str], None] = print) -> bool:
-    """Block until ``/health`` answers 200 (True), ``stop`` is set (False), or Serve gives up
-    on one of the apps (ServiceUnavailableError with Serve's own message). A 72B model takes
+    """Block until ``/health`` answers 200 (True), ``stop`` is set (False), or Serve fails to
+    deploy one of the apps (ServiceUnavailableError with Serve's own message). A 72B model takes
     minutes to load, so there is no deadline: the caller sees progress every
     ``report_every_s``."""
     import httpx
@@ -131,7 +131,9 @@ def wait_until_healthy(base_url: str, app_names: Sequence[str], stop: threading.
         for name in app_names:
             app = statuses.get(name)
             state = str(app.status) if app is not None else "NOT_STARTED"
-            if state.endswith(("DEPLOY_FAILED", "UNHEALTHY")):
+            # UNHEALTHY can pass (a replica failing its checks is being replaced); a failed
+            # deploy is final
+            if state.endswith("DEPLOY_FAILED"):
                 raise ServiceUnavailableError(
                     f"Serve could not start the app {name!r} ({state}): "
                     f"{app.message if app else ''}".strip(), code="deploy_failed")

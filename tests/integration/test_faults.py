@@ -9,6 +9,7 @@ import concurrent.futures
 import copy
 import hashlib
 import json
+import re
 import signal
 import time
 
@@ -31,10 +32,9 @@ RECOVERY_LIMIT_S = 240
 
 def replica_processes(deployment: str) -> list[psutil.Process]:
     """Replica processes of ``deployment`` in either application (qvq, qvq-chat)."""
-    def ours(cmdline: list[str]) -> bool:
-        return any(part.startswith(("ray::ServeReplica:qvq:", "ray::ServeReplica:qvq-chat:"))
-                   and part.endswith(f":{deployment}") for part in cmdline)
-    return [p for p in psutil.process_iter(["cmdline"]) if ours(p.info["cmdline"] or [])]
+    title = re.compile(rf"ServeReplica:qvq(-chat)?:{deployment}\b")
+    return [p for p in psutil.process_iter(["cmdline"])
+            if title.search(" ".join(p.info["cmdline"] or []))]
 
 
 def kill_replicas(deployment: str) -> list[int]:

@@ -80,7 +80,10 @@ def test_closed_loop_measures_ttft_latency_and_tokens(sse_server):
         assert 0.04 <= s.ttft_s < s.latency_s
         assert s.latency_s >= 0.09
         assert s.output_tokens == 7
+        # headers before the first text (the server sends them at once), the [DONE] last
+        assert 0 <= s.headers_s < s.ttft_s and 0 <= s.tail_s < 0.04
     summary = loadgen.summarize(result)
+    assert summary["headers_p90_ms"] < summary["ttft_p50_ms"]
     assert summary["output_tok_per_s"] == pytest.approx(42 / result.wall_s, rel=0.01)
     assert summary["ttft_p50_ms"] < summary["latency_p50_ms"]
 
