@@ -36,7 +36,7 @@ import time
 from loadtest import records
 from loadtest.servers import ROOT
 from serving.config import LoopGuardConfig
-from serving.reasoning.loop_guard import LoopGuard
+from serving.generate.reasoning.loop_guard import LoopGuard
 
 MIN_DOC_BYTES = 2000
 SPAN_PERIODS = (1, 3, 10, 30, 100, 200, 250)
@@ -99,7 +99,8 @@ def train_bpe(vocab_size: int = 32000):
 
 
 def filler_ids(tok) -> frozenset[int]:
-    """Same rule as serving.reasoning.vocab.filler_token_ids, for a bare tokenizers.Tokenizer."""
+    """Same rule as serving.generate.reasoning.vocab.filler_token_ids, for a bare
+    tokenizers.Tokenizer."""
     out = set()
     for i in range(tok.get_vocab_size()):
         text = tok.decode([i])
@@ -167,9 +168,9 @@ def measure(name: str, tok, docs: dict[str, str], settings: LoopGuardConfig) -> 
 
 async def _engine_loops(prompts: int, max_tokens: int, settings: LoopGuardConfig) -> dict:
     from serving.config import load_config
-    from serving.engine.protocol import SamplingOptions
-    from serving.engine.vllm_engine import VLLMEngine
-    from serving.reasoning.vocab import filler_token_ids
+    from serving.generate.engine.protocol import SamplingOptions
+    from serving.generate.engine.vllm_engine import VLLMEngine
+    from serving.generate.reasoning.vocab import filler_token_ids
 
     config = load_config(ROOT / "configs" / "local-cpu.yaml", environ={})
     from transformers import AutoTokenizer

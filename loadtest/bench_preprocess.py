@@ -37,8 +37,8 @@ from loadtest import records  # noqa: E402
 from loadtest.photos import photo, photo_jpeg  # noqa: E402
 from loadtest.records import machine_facts  # noqa: E402
 from loadtest.servers import ROOT  # noqa: E402
-from serving.images.decode import decode_image  # noqa: E402
-from serving.images.geometry import smart_resize  # noqa: E402
+from serving.preprocess.decode import decode_image  # noqa: E402
+from serving.preprocess.geometry import smart_resize  # noqa: E402
 
 MIN_PIXELS, MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28  # QVQ-72B-Preview's model card
 FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP"]

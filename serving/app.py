@@ -17,13 +17,13 @@ from typing import Any
 
 from ray.serve import Application
 
+from serving.api.limits import limiter_deployment
+from serving.api.router import router_deployment
 from serving.batch.runner import runner_deployment
 from serving.config import ServingConfig, config_from_dict, load_config
-from serving.generator import generator_deployment
-from serving.limits import limiter_deployment
-from serving.preprocessor import preprocessor_deployment
+from serving.generate.generator import generator_deployment
+from serving.preprocess.preprocessor import preprocessor_deployment
 from serving.roles import applications as application_names
-from serving.router import router_deployment
 
 
 def build_app(config: ServingConfig) -> Application:

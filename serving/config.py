@@ -563,7 +563,7 @@ class ReasoningConfig(StrictModel):
 
     @model_validator(mode="after")
     def _budgets(self) -> ReasoningConfig:
-        from serving.reasoning.final_answer import has_marker
+        from serving.generate.reasoning.final_answer import has_marker
 
         if not has_marker(self.final_answer_cue):
             raise ValueError("final_answer_cue must contain a final-answer marker on its own "

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ray.util import metrics
 
-from serving.reasoning.session import ReasoningOutcome
+from serving.generate.reasoning.session import ReasoningOutcome
 
 _SECONDS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 _FRACTION_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -39,7 +39,7 @@ class RouterMetrics:
     """API traffic per route and key, limits and backpressure, token usage per key.
 
     ``callers``: the known caller ids, each with the limits that apply to it
-    (:func:`serving.limits.limit_kinds`); their token and refusal counters start at 0.
+    (:func:`serving.api.limits.limit_kinds`); their token and refusal counters start at 0.
     """
 
     def __init__(self, callers: Mapping[str, Sequence[str]] | None = None) -> None:

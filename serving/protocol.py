@@ -385,7 +385,7 @@ class GenerationEvent:
     request passed validation and entered the engine); then ``"delta"`` events (``text`` for
     content, ``reasoning`` for reasoning_content in split mode); the last one carries
     ``finish_reason``, the final counts and the reasoning report (``outcome``, a
-    :class:`serving.reasoning.session.ReasoningOutcome`).
+    :class:`serving.generate.reasoning.session.ReasoningOutcome`).
     """
 
     kind: Literal["accepted", "delta", "final"]

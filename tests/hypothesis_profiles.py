@@ -6,7 +6,7 @@ the checkout. ``long`` is for hunting: many random examples per test, with the d
 ``.hypothesis/`` so a failure found once is replayed first next time::
 
     HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/unit/test_fuzz_requests.py \
-        tests/unit/test_fuzz_decode.py
+        tests/unit/preprocess/test_fuzz_decode.py
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from serving.reasoning.loop_guard import LoopGuard  # noqa: E402
+from serving.generate.reasoning.loop_guard import LoopGuard  # noqa: E402
 
 SHAPES = {  # text-model dimensions of Qwen2-VL (config.json of the released checkpoints)
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

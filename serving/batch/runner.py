@@ -25,15 +25,15 @@ from serving.batch.store import TERMINAL, BatchStore
 from serving.batch.validate import parse_batch_input
 from serving.config import ServingConfig
 from serving.errors import NotFoundError, to_api_error
-from serving.files import FileStore
-from serving.generator import BATCH_PRIORITY
-from serving.images.sources import request_image_urls
+from serving.generate.generator import BATCH_PRIORITY
+from serving.generate.reasoning.options import resolve_reasoning_options
 from serving.logs import route_to_serve_logs
 from serving.metrics import BatchMetrics
+from serving.preprocess.sources import request_image_urls
 from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
-from serving.reasoning.options import resolve_reasoning_options
 from serving.roles import BATCH_RUNNER, generator_handle
 from serving.storage.factory import open_store
+from serving.storage.files import FileStore
 
 logger = logging.getLogger("qvq.batch")
 

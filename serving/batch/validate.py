@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from serving.api.errors import validation_to_error
 from serving.errors import InvalidRequestError
-from serving.openai_errors import validation_to_error
 from serving.protocol import ChatCompletionRequest
 
 ENDPOINT = "/v1/chat/completions"

@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from serving.images.geometry import smart_resize, visual_tokens
+from serving.preprocess.geometry import smart_resize, visual_tokens
 from tests.images import data_url, encode, photo, png_url
 from tests.integration.forcing import RUNS_TO_MAX_TOKENS
 

@@ -40,7 +40,8 @@ def replica_processes(deployment: str) -> list[psutil.Process]:
 def kill_replicas(deployment: str) -> list[int]:
     """SIGKILL every replica process of ``deployment``, and only it: no shutdown code runs,
     as when Ray kills an actor or the kernel kills it for memory. What it started (vLLM's
-    engine processes) must die with it (serving/engine/reaper.py); ``engine_orphans`` checks."""
+    engine processes) must die with it (serving/generate/engine/reaper.py);
+    ``engine_orphans`` checks."""
     victims = replica_processes(deployment)
     assert victims, f"no {deployment} replica process found"
     kill_replicas.children = [c for v in victims for c in v.children(recursive=True)]

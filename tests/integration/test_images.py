@@ -13,7 +13,7 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from serving.images.catalog import image_key
+from serving.preprocess.catalog import image_key
 from tests.images import data_url, encode, photo
 from tests.integration.test_chat import chat_body, image_content
 from tests.s3_server import ACCESS_KEY, SECRET_KEY

@@ -14,8 +14,8 @@ from PIL import Image
 
 from serving.config import S3Config, config_from_dict
 from serving.errors import ConfigError, ServiceUnavailableError, to_api_error
-from serving.images.catalog import ImageCatalog, image_key
-from serving.images.decode import decode_image
+from serving.preprocess.catalog import ImageCatalog, image_key
+from serving.preprocess.decode import decode_image
 from serving.storage.s3 import S3ObjectStore
 from tests.images import encode, photo
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, WeedServer
@@ -127,7 +127,7 @@ def test_server_down_is_503_and_nothing_half_written(tmp_path, monkeypatch):
         config = config_from_dict({"model": {"path": "m"}, "storage": {
             "backend": "s3", "s3": server.s3_config(multipart_threshold_mib=5,
                                                     multipart_chunk_mib=5)}}, environ={})
-        from serving.preprocessor import ImagePreprocessor
+        from serving.preprocess.preprocessor import ImagePreprocessor
 
         pre = ImagePreprocessor(config)  # checks the store at startup
         data = encode(photo(400, 300, seed=11), "JPEG")

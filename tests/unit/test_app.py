@@ -5,11 +5,11 @@ import pathlib
 import pytest
 from ray.serve import Application
 
+from serving.api.router import router_deployment
 from serving.app import app_builder, build_app
 from serving.config import load_config
-from serving.generator import generator_deployment
-from serving.preprocessor import preprocessor_deployment
-from serving.router import router_deployment
+from serving.generate.generator import generator_deployment
+from serving.preprocess.preprocessor import preprocessor_deployment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

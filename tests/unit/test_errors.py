@@ -3,6 +3,7 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
+from serving.api.errors import validation_to_error
 from serving.errors import (
     INTERNAL_MESSAGE,
     AuthenticationError,
@@ -16,7 +17,6 @@ from serving.errors import (
     to_api_error,
     unwrap,
 )
-from serving.openai_errors import validation_to_error
 from serving.protocol import ChatCompletionRequest
 
 

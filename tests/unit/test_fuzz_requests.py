@@ -18,12 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from serving.api.chat import parse_chat_request
+from serving.api.errors import validation_to_error
 from serving.batch.validate import MAX_REPORTED_ERRORS, parse_batch_input
-from serving.chat import parse_chat_request
 from serving.errors import InvalidRequestError, QVQError
-from serving.images.sources import request_image_urls
-from serving.images.ssrf import blocked_reason, parse_host_address
-from serving.openai_errors import validation_to_error
+from serving.preprocess.sources import request_image_urls
+from serving.preprocess.ssrf import blocked_reason, parse_host_address
 from serving.protocol import BatchCreateRequest, ChatCompletionRequest
 
 MAX_ERROR_BODY = 4000

@@ -188,7 +188,7 @@ def test_profile_summary_groups_samples_by_role():
     from loadtest.profile import summarize
 
     raw = "\n".join([
-        'process 11:"ray::ServeReplica:qvq:ImagePreprocessor";_decode (/x/serving/images/'
+        'process 11:"ray::ServeReplica:qvq:ImagePreprocessor";_decode (/x/serving/preprocess/'
         'decode.py:40);resize (/x/cv2/__init__.py:3) 30',
         'process 11:"ray::ServeReplica:qvq:ImagePreprocessor";run (/x/asyncio/base_events.py:1);'
         'select (/x/selectors.py:9) 10',
@@ -199,17 +199,17 @@ def test_profile_summary_groups_samples_by_role():
     pre = out["roles"]["preprocessor"]
     assert pre["share"] == 0.4 and pre["samples"] == 40
     assert pre["top_self"][0] == ["resize (__init__.py)", 30]
-    assert pre["top_ours_inclusive"] == [["_decode (serving/images/decode.py)", 30]]
+    assert pre["top_ours_inclusive"] == [["_decode (serving/preprocess/decode.py)", 30]]
     assert out["roles"]["vLLM engine"]["share"] == 0.6
 
 
 def test_profile_recognises_our_frames_by_relative_path():
     from loadtest.profile import summarize
 
-    raw = ('process 7:"ray::ServeReplica:qvq:Router";handle (serving/router.py:10);'
+    raw = ('process 7:"ray::ServeReplica:qvq:Router";handle (serving/api/router.py:10);'
            'dumps (json/encoder.py:5) 3')
     out = summarize(raw)
-    assert out["roles"]["router"]["top_ours_inclusive"] == [["handle (serving/router.py)", 3]]
+    assert out["roles"]["router"]["top_ours_inclusive"] == [["handle (serving/api/router.py)", 3]]
 
 
 def test_rounds_are_summarised_by_medians_and_ratios_use_them():

@@ -1,0 +1,197 @@
+"""Router-side admission: who may start a chat request now, and what each response reports.
+
+Two gates, in order, before any work is dispatched:
+
+1. *Capacity* (every replica of the chat entry): at most ``server.max_in_flight_requests`` in
+   flight per replica; more get 503 with ``Retry-After`` at once, so overload never turns into
+   an unbounded queue, growing memory or timeouts. Deployment queues behind the router are
+   bounded too (``deployments.*.max_queued_requests``: Serve refuses beyond them, which also
+   becomes a 503 with ``Retry-After``).
+2. *Per-key limits* (when configured): one call to the shared :class:`~serving.api.limits.
+   RateLimiter`, which admits or raises 429 with ``Retry-After``. Its ``x-ratelimit-*``
+   headers go on the response, error or not; the other routes of a limited key fetch them
+   (:meth:`Gatekeeper.headers_for`), so every response of that key carries them.
+
+:class:`RequestScope` (a context variable set per request by the route wrapper) carries the
+route, key and headers to where the response is built, and feeds the router's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.api.auth import caller_id
+from serving.api.limits import Admission
+from serving.config import ServingConfig
+from serving.errors import RateLimitError, ServiceUnavailableError, unwrap
+from serving.metrics import RouterMetrics
+from serving.preprocess.geometry import visual_tokens
+from serving.protocol import ChatCompletionRequest, GenerationEvent, TextPart, UserMessage
+
+logger = logging.getLogger("qvq.admission")
+
+CHARS_PER_TOKEN = 4  # prompt estimate before tokenization; settled with real usage afterwards
+
+
+@dataclass
+class RequestScope:
+    route: str
+    started: float = field(default_factory=time.monotonic)
+    key_id: str | None = None
+    authenticated: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return caller_id(self.key_id)
+
+    def authenticated_as(self, key_id: str | None) -> None:
+        self.key_id, self.authenticated = key_id, True
+
+
+_scope: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
+    "qvq_request_scope", default=None)
+
+
+def open_scope(route: str) -> tuple[RequestScope, contextvars.Token]:
+    scope = RequestScope(route)
+    return scope, _scope.set(scope)
+
+
+def close_scope(token: contextvars.Token) -> None:
+    _scope.reset(token)
+
+
+def current_scope() -> RequestScope | None:
+    return _scope.get()
+
+
+@dataclass
+class Ticket:
+    """One admitted chat request: give it back with :meth:`Gatekeeper.leave`."""
+
+    key: str
+    admission: Admission | None
+
+
+def estimate_tokens(chat: ChatCompletionRequest, *, max_pixels: int,
+                    default_max_tokens: int) -> int:
+    """Prompt (text / 4, each image at its largest grid) plus the completion budget."""
+    chars = 0
+    images = 0
+    for message in chat.messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, TextPart):
+                    chars += len(part.text)
+                elif isinstance(message, UserMessage):
+                    images += 1
+    side = int(max_pixels ** 0.5)
+    image_tokens = images * visual_tokens(side, side)
+    return chars // CHARS_PER_TOKEN + image_tokens + (chat.requested_max_tokens
+                                                      or default_max_tokens)
+
+
+class Gatekeeper:
+    def __init__(self, config: ServingConfig, limiter: Any | None, metrics: RouterMetrics):
+        self._config = config
+        self._limiter = limiter if config.limits.any_limits else None
+        self._metrics = metrics
+        self._max_in_flight = config.max_in_flight_chats
+        self._timeout = config.limits.limiter_timeout_s
+        self.in_flight = 0
+        self._pending: set[asyncio.Task] = set()
+
+    def refuse_if_full(self) -> None:
+        """503 at once when this replica is at capacity. Called before the body is read too,
+        so a refusal costs no parsing: under overload, refusals are most of the traffic."""
+        if self.in_flight >= self._max_in_flight:
+            self._metrics.admission_rejected.inc(tags={"deployment": "router"})
+            raise ServiceUnavailableError(
+                f"The server is at capacity ({self._max_in_flight} requests in flight on this "
+                "replica); retry shortly.", code="overloaded", retry_after_s=2)
+
+    async def enter(self, chat: ChatCompletionRequest, key_id: str | None) -> Ticket:
+        key = caller_id(key_id)
+        self.refuse_if_full()
+        admission = None
+        if self._limiter is not None:
+            admission = await self._admit(chat, key_id, key, current_scope())
+        self.in_flight += 1
+        return Ticket(key, admission)
+
+    async def _admit(self, chat: ChatCompletionRequest, key_id: str | None, key: str,
+                     scope: RequestScope | None) -> Admission | None:
+        model = self._config.model
+        tokens = estimate_tokens(chat, max_pixels=self._config.image.max_pixels,
+                                 default_max_tokens=min(model.default_max_tokens,
+                                                        model.max_model_len))
+        images = len(chat.image_urls())
+        try:
+            async with asyncio.timeout(self._timeout):
+                admission: Admission = await self._limiter.admit.remote(key_id, tokens, images)
+        except TimeoutError:
+            logger.warning("rate limiter did not answer in %.1fs; admitting %s unlimited",
+                           self._timeout, key)
+            return None
+        except Exception as exc:  # noqa: BLE001 - 429s pass through; an absent limiter admits
+            cause = unwrap(exc)
+            if isinstance(cause, RateLimitError):
+                self._metrics.rate_limited.inc(tags={"key": key, "limit": cause.limit})
+                if scope is not None:
+                    scope.headers.update(await self._headers(key_id))
+                raise cause from None
+            logger.warning("rate limiter unavailable (%r); admitting %s unlimited", exc, key)
+            return None
+        if scope is not None:
+            scope.headers.update(admission.headers)
+        return admission
+
+    async def headers_for(self, scope: RequestScope) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers of a limited caller whose response did not pass
+        admission (files, batches, images, models, or a chat refused before it): every response
+        of a limited key carries them. Unlimited keys pay no limiter hop."""
+        if (self._limiter is None or not scope.authenticated
+                or not self._config.limits.for_key(scope.key_id).limited):
+            return {}
+        return await self._headers(scope.key_id)
+
+    async def _headers(self, key_id: str | None) -> dict[str, str]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._limiter.headers.remote(key_id)
+        except Exception:  # noqa: BLE001 - headers are informative only
+            return {}
+
+    def leave(self, ticket: Ticket, final: GenerationEvent | None) -> None:
+        """Request over (finished, failed or cancelled): free its slot, settle its tokens."""
+        self.in_flight -= 1
+        if final is not None:
+            tokens = self._metrics.tokens
+            tokens.inc(final.prompt_tokens, tags={"key": ticket.key, "kind": "prompt"})
+            tokens.inc(final.completion_tokens, tags={"key": ticket.key, "kind": "completion"})
+            if final.outcome is not None:
+                tokens.inc(final.outcome.reasoning_tokens,
+                           tags={"key": ticket.key, "kind": "reasoning"})
+        admission = ticket.admission
+        if admission is not None and self._limiter is not None:
+            used = None if final is None else final.prompt_tokens + final.completion_tokens
+            task = asyncio.get_running_loop().create_task(self._finish(admission, used))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _finish(self, admission: Admission, used: int | None) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await self._limiter.finish.remote(admission.key, admission.lease,
+                                                  admission.reserved_tokens, used)
+        except Exception as exc:  # noqa: BLE001 - the lease expires on its own
+            logger.warning("could not release a rate-limit lease of %s: %r", admission.key, exc)

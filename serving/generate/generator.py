@@ -1,0 +1,302 @@
+"""QVQGenerator: one vLLM engine per replica, fed pre-resized images, streaming events.
+
+Two entry points so the common case stays one hop: ``complete`` returns a whole completion;
+``stream`` yields batches of :class:`~serving.protocol.GenerationEvent` items (coalesced, see
+:mod:`serving.generate.streaming`) and always starts with an ``accepted`` event alone, which
+the router awaits before it sends HTTP headers, so a request the generator rejects still gets
+a proper error status.
+
+Reasoning operations run here, on the token stream, for live and batch traffic alike: the
+final-answer split, the loop guard (which can abort generation) and the thinking budget (which
+ends the reasoning pass and starts a short answer pass after QVQ's final-answer cue; prefix
+caching makes the second pass reuse the first pass's KV blocks).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import replace
+
+from fastapi import Request
+from fastapi.responses import Response
+from ray import serve
+
+from serving.config import ServingConfig
+from serving.errors import InvalidRequestError
+from serving.generate.engine.protocol import Engine, SamplingOptions
+from serving.generate.engine.vllm_engine import VLLMEngine, engine_env
+from serving.generate.prompt import PromptBuilder, RenderedPrompt
+from serving.generate.reasoning.options import resolve_reasoning_options
+from serving.generate.reasoning.session import Next, ReasoningSession
+from serving.generate.reasoning.vocab import filler_token_ids
+from serving.generate.streaming import coalesce
+from serving.logs import route_to_serve_logs
+from serving.metrics import GeneratorMetrics
+from serving.protocol import GenerationEvent, GenerationRequest, PreparedImage
+from serving.roles import GENERATOR
+
+logger = logging.getLogger("qvq.generator")
+
+EngineFactory = Callable[[ServingConfig], Engine]
+
+LIVE_PRIORITY = 0
+BATCH_PRIORITY = 10  # vLLM serves lower values first
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class QVQGenerator:
+    def __init__(self, config: ServingConfig, engine_factory: EngineFactory | None = None):
+        route_to_serve_logs()
+        self._config = config
+        tokenizer = _load_tokenizer(config.model.path)
+        self._tokenizer = tokenizer
+        self._prompts = PromptBuilder(config.model, tokenizer)
+        self._filler_ids = filler_token_ids(tokenizer)
+        self._cue_ids = tuple(tokenizer.encode(config.reasoning.final_answer_cue,
+                                               add_special_tokens=False))
+        self._metrics = GeneratorMetrics(config.model.served_name)
+        self._engine: Engine = (engine_factory or VLLMEngine)(config)
+        # Everything loaded so far (torch, transformers, vLLM, the tokenizer) lives as long as
+        # the replica: out of the collector's reach, a full collection no longer walks it and
+        # pauses every stream of this replica (as vLLM's own engine process does at start).
+        gc.collect()
+        gc.freeze()
+        self._in_flight = {"live": 0, "batch": 0}
+        self._stream_interval_s = config.deployments.generator.stream_interval_ms / 1000
+
+    def _options(self, request: GenerationRequest, rendered: RenderedPrompt) -> SamplingOptions:
+        chat = request.chat
+        return SamplingOptions(
+            max_tokens=rendered.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
+            stop=tuple(chat.stop or ()), seed=chat.seed,
+            presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
+            min_tokens=chat.min_tokens, ignore_eos=chat.ignore_eos,
+            logit_bias=self._logit_bias(chat.logit_bias))
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+        """Token ids checked against this model's vocabulary before the request is accepted
+        (the engine would only find out after a stream's headers were sent)."""
+        if not bias:
+            return ()
+        vocab = len(self._tokenizer)
+        pairs = tuple((int(token), value) for token, value in bias.items())
+        unknown = [token for token, _ in pairs if token >= vocab]
+        if unknown:
+            raise InvalidRequestError(f"logit_bias names token id {unknown[0]}, outside this "
+                                      f"model's vocabulary (ids 0 to {vocab - 1})",
+                                      param="logit_bias")
+        return pairs
+
+    async def _generate(self, request: GenerationRequest, images: Sequence[PreparedImage],
+                        priority: int) -> AsyncIterator[GenerationEvent]:
+        """accepted, deltas (reasoning and/or content), final: one pass, or two when the
+        thinking budget runs out (the second continues after the final-answer cue)."""
+        started = time.monotonic()
+        rendered = self._prompts.render(request.chat, images)
+        options = resolve_reasoning_options(self._config.reasoning, request.chat,
+                                            request.key_id)
+        sampling = self._options(request, rendered)
+        yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
+                              image_cache=tuple(i.cache for i in images))
+        session = ReasoningSession(options, self._filler_ids)
+        prompt_tokens, finish_reason = rendered.num_tokens, None
+        first_token_at = queue_s = None
+        action = Next.CONTINUE
+        passes = [(rendered.token_ids, sampling, request.request_id)]
+        while passes:
+            prompt_ids, pass_sampling, engine_request_id = passes.pop()
+            async with aclosing(self._engine.generate(prompt_ids, images, pass_sampling,
+                                                      engine_request_id,
+                                                      priority=priority)) as steps:
+                async for step in steps:
+                    if engine_request_id == request.request_id:
+                        prompt_tokens = step.prompt_tokens or prompt_tokens
+                        queue_s = step.queue_s if step.queue_s is not None else queue_s
+                    if first_token_at is None and step.token_ids:
+                        first_token_at = time.monotonic()
+                    deltas, action = session.feed(step.text, step.token_ids)
+                    if deltas:
+                        yield GenerationEvent("delta", text=deltas.content,
+                                              reasoning=deltas.reasoning)
+                    finish_reason = step.finish_reason
+                    if action is not Next.CONTINUE and finish_reason is None:
+                        break  # closing the steps aborts the request in the engine
+            if action is Next.STOP_LOOP:
+                finish_reason = "length"  # cut short, as by max_tokens; stop_reason says why
+            elif action is Next.CONCLUDE and finish_reason is None:
+                room = rendered.max_tokens - session.completion_tokens - len(self._cue_ids)
+                deltas = session.inject_cue(options.final_answer_cue, self._cue_ids)
+                if deltas:
+                    yield GenerationEvent("delta", text=deltas.content,
+                                          reasoning=deltas.reasoning)
+                finish_reason = "length"
+                if room >= 1:
+                    budget = min(options.answer_budget_tokens, room)
+                    answer = replace(sampling, max_tokens=budget, min_tokens=min(
+                        budget, max(0, sampling.min_tokens - session.completion_tokens)))
+                    passes.append((rendered.token_ids + session.generated_ids, answer,
+                                   f"{request.request_id}-conclude"))
+        deltas, outcome = session.finish()
+        if deltas:
+            yield GenerationEvent("delta", text=deltas.content, reasoning=deltas.reasoning)
+        self._metrics.record(outcome)
+        logger.info("%s done: %d prompt + %d completion tokens (%d reasoning), finish %s%s",
+                    request.request_id, prompt_tokens, session.completion_tokens,
+                    outcome.reasoning_tokens, finish_reason or "stop",
+                    f", loop {outcome.loop_action} (period {outcome.loop.period})"
+                    if outcome.loop else "")
+        self._metrics.record_timing(
+            ttft_s=None if first_token_at is None else first_token_at - started,
+            generation_s=None if first_token_at is None else time.monotonic() - first_token_at,
+            queue_s=queue_s)
+        yield GenerationEvent("final", prompt_tokens=prompt_tokens,
+                              completion_tokens=session.completion_tokens,
+                              finish_reason=finish_reason or "stop", outcome=outcome,
+                              image_cache=tuple(i.cache for i in images))
+
+    async def live_events(self, request: GenerationRequest,
+                          images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
+        """:meth:`_generate` at live priority, counted as live load (the batch runner backs
+        off while there is some)."""
+        self._in_flight["live"] += 1
+        try:
+            async with aclosing(self._generate(request, images, LIVE_PRIORITY)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._in_flight["live"] -= 1
+
+    async def stream(self, request: GenerationRequest,
+                     images: Sequence[PreparedImage]) -> AsyncIterator[tuple[GenerationEvent, ...]]:
+        """A live stream for a caller across a Ray hop (the router, with chat_entry router):
+        the events in batches (:func:`serving.generate.streaming.coalesce`), ``(accepted,)`` first,
+        then at most one batch per ``stream_interval_ms``."""
+        async with aclosing(coalesce(self.live_events(request, images),
+                                     self._stream_interval_s)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def complete(self, request: GenerationRequest, images: Sequence[PreparedImage],
+                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
+        """The whole completion as one ``final`` event (text, reasoning, counts, report).
+
+        ``priority``: LIVE_PRIORITY for API traffic, BATCH_PRIORITY for batch jobs, which
+        the engine's scheduler serves after live requests. In split mode an answer without a
+        final-answer marker keeps all its text in ``content`` (the report says so).
+        """
+        kind = "live" if priority == LIVE_PRIORITY else "batch"
+        content: list[str] = []
+        reasoning: list[str] = []
+        final = None
+        self._in_flight[kind] += 1
+        try:
+            async with aclosing(self._generate(request, images, priority)) as events:
+                async for event in events:
+                    content.append(event.text)
+                    reasoning.append(event.reasoning)
+                    if event.kind == "final":
+                        final = event
+        finally:
+            self._in_flight[kind] -= 1
+        if final is None:  # pragma: no cover - _generate always ends with a final event
+            raise RuntimeError("engine produced no output")
+        text, thoughts = "".join(content), "".join(reasoning)
+        if final.outcome.split and not final.outcome.final_answer_found:
+            text, thoughts = thoughts + text, ""
+        return replace(final, text=text, reasoning=thoughts)
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: raises when the engine is dead, so Serve replaces us."""
+        await self._engine.check_health()
+
+    async def load(self) -> dict[str, int]:
+        """Requests in flight on this replica, live and batch (the batch runner backs off)."""
+        return dict(self._in_flight)
+
+    async def probe(self) -> str:
+        """On-demand probe for the router's /health: asks the engine now, not a cached flag."""
+        await self._engine.check_health()
+        return "ok"
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 - best effort during teardown
+                pass
+
+
+def generator_deployment(config: ServingConfig) -> serve.Deployment:
+    """The QVQGenerator deployment. With ``server.chat_entry: generator`` its replicas are
+    also the HTTP ingress of ``/v1/chat/completions`` (:mod:`serving.api.chat`): the deployment is
+    the ingress of an application at ``/v1/chat`` (:mod:`serving.roles`)."""
+    dep = config.deployments.generator
+    tp = config.model.tensor_parallel_size
+    actor_options: dict = {**dep.actor_options(),
+                           "runtime_env": {"env_vars": engine_env(config)}}
+    if dep.accelerator_type:
+        actor_options["accelerator_type"] = dep.accelerator_type
+    options: dict = {}
+    if tp > 1:
+        # The replica itself holds bundle 0 (CPU only); vLLM's TP workers take the GPU bundles.
+        # STRICT_PACK keeps a replica's GPUs on one node, where NVLink joins them.
+        worker = {"GPU": dep.num_gpus_per_worker, "CPU": 1}
+        # The replica's custom resources must fit in its own bundle.
+        replica = {"CPU": dep.num_cpus, **dep.resources}
+        if "memory" in actor_options:
+            replica["memory"] = actor_options["memory"]
+        options["placement_group_bundles"] = [replica] + [worker] * tp
+        options["placement_group_strategy"] = "STRICT_PACK"
+    else:
+        actor_options["num_gpus"] = dep.num_gpus_per_worker
+    ingress = config.server.chat_entry == "generator"
+    cls = _chat_ingress() if ingress else QVQGenerator
+    access_log = dep.access_log if dep.access_log is not None else ingress
+    return serve.deployment(
+        cls, name=GENERATOR,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
+        autoscaling_config=dep.autoscaling.to_serve(),
+        logging_config={"enable_access_log": access_log,
+                        "encoding": config.server.log_encoding},
+        health_check_period_s=10, health_check_timeout_s=30,
+        graceful_shutdown_timeout_s=60,
+        **options,
+    )
+
+
+def _chat_ingress() -> type:
+    """QVQGenerator with the chat completions route: generation runs in this process
+    (:class:`serving.api.chat.LocalGeneration`), images come from the preprocessor. (FastAPI
+    reads the route's annotations by name: ``Request`` and ``Response`` are module globals.)"""
+    from serving.api.chat import ChatEndpoint, LocalGeneration
+    from serving.api.http import build_api, openai_errors
+    from serving.roles import limiter_handle, preprocessor_handle
+
+    api = build_api(docs=False)
+
+    @serve.ingress(api)
+    class QVQGeneratorIngress(QVQGenerator):
+        def __init__(self, config: ServingConfig, engine_factory: EngineFactory | None = None):
+            super().__init__(config, engine_factory)
+            generation = LocalGeneration(self, preprocessor_handle(config),
+                                         config.server.replica_failure_retries)
+            self.chat = ChatEndpoint(config, generation, limiter_handle(config))
+
+        @api.post("/completions")
+        @openai_errors
+        async def chat_completions(self, request: Request) -> Response:
+            return await self.chat.answer(request)
+
+    return QVQGeneratorIngress

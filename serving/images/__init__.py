@@ -1,1 +1,0 @@
-"""Image handling: sources, SSRF guard, safe decoding and the model grid."""

@@ -1,0 +1,307 @@
+"""ImagePreprocessor: the CPU tier that turns image sources into model-ready pixels.
+
+Runs as its own autoscaled Ray Serve deployment on CPU nodes, so GPU replicas never fetch,
+decode or resize. It returns :class:`~serving.protocol.PreparedImage` objects whose pixel arrays
+travel to the generator through Ray's object store (no base64 on the way).
+
+A repeated image costs no decode: pixels are cached under (SHA-256 of the bytes, resize
+bounds) in an in-memory LRU and in the object store, and concurrent requests for the same image
+share one decode. It also owns the image store: request images are kept content-addressed,
+and uploads (/v1/images) are validated by decoding them here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from ray import serve
+
+from serving.config import ServingConfig
+from serving.errors import (
+    APIError,
+    ImageError,
+    ImageFetchError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
+from serving.logs import route_to_serve_logs
+from serving.metrics import PreprocessorMetrics
+from serving.preprocess.cache import PreparedImageLRU
+from serving.preprocess.catalog import ImageCatalog, cache_key, parse_image_id
+from serving.preprocess.decode import decode_image
+from serving.preprocess.sources import (
+    ImageFetcher,
+    classify_url,
+    decode_data_url,
+    describe_size,
+    parse_image_ref,
+    parse_s3_url,
+)
+from serving.protocol import PreparedImage
+from serving.roles import PREPROCESSOR
+from serving.storage.base import ObjectNotFound, ObjectStore
+from serving.storage.factory import open_store
+
+logger = logging.getLogger("qvq.preprocessor")
+
+UPLOAD_PREFIX = "uploads/"
+
+
+class ImagePreprocessor:
+    def __init__(self, config: ServingConfig):
+        import cv2
+
+        route_to_serve_logs()
+
+        # Parallelism comes from concurrent requests (one decode per thread); OpenCV's own
+        # thread pool on top would oversubscribe the replica's CPUs.
+        cv2.setNumThreads(1)
+        self._image = config.image
+        self._storage = config.storage
+        self._cache_cfg = config.cache
+        self._fetcher = ImageFetcher(config.fetch, max_bytes=config.image.max_image_bytes)
+        self._store: ObjectStore = open_store(config.storage)
+        self._store.check()  # bad credentials / bucket fail the replica at startup, clearly
+        self._catalog = ImageCatalog(self._store)
+        self._lru = PreparedImageLRU(config.cache.memory_mib * 2**20)
+        self._inflight: dict[str, asyncio.Future[PreparedImage]] = {}
+        self._background: set[asyncio.Task] = set()
+        self._source_stores: dict[str, ObjectStore] = {}
+        self._metrics = PreprocessorMetrics()
+
+    # ------------------------------------------------------------------ sources
+
+    def _source_store(self, bucket: str) -> ObjectStore:
+        store = self._source_stores.get(bucket)
+        if store is None:
+            from serving.storage.s3 import S3ObjectStore
+
+            assert self._storage.s3 is not None  # config validation guarantees it
+            store = S3ObjectStore(self._storage.s3, bucket=bucket)
+            self._source_stores[bucket] = store
+        return store
+
+    def _read_s3(self, url: str) -> bytes:
+        bucket, key = parse_s3_url(url, self._storage.allowed_source_buckets)
+        store = self._source_store(bucket)
+        info = store.head(key)
+        if info is None:
+            raise ImageFetchError(f"s3 object s3://{bucket}/{key} does not exist")
+        if info.size > self._image.max_image_bytes:
+            raise PayloadTooLargeError(f"s3 object is {describe_size(info.size)}, over the "
+                                       f"{describe_size(self._image.max_image_bytes)} limit")
+        try:
+            return store.get(key)
+        except ObjectNotFound:
+            raise ImageFetchError(f"s3 object s3://{bucket}/{key} does not exist") from None
+
+    async def _load_bytes(self, url: str, kind: str) -> bytes:
+        t0 = time.perf_counter()
+        if kind == "data":
+            data = decode_data_url(url, max_bytes=self._image.max_image_bytes)
+        elif kind == "http":
+            data = await self._fetcher.fetch(url)
+        else:
+            data = await asyncio.to_thread(self._read_s3, url)
+        self._metrics.stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "fetch"})
+        self._metrics.image_bytes.observe(len(data))
+        return data
+
+    # ------------------------------------------------------------------ prepare
+
+    async def prepare(self, urls: list[str]) -> list[PreparedImage]:
+        """All images of one request, in order; the first failure fails the request."""
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(self._prepare_one(u)) for u in urls]
+        try:
+            images = list(await asyncio.gather(*tasks))
+            logger.info("prepared %d image(s) in %.0f ms (cache: %s)", len(images),
+                        (time.perf_counter() - t0) * 1e3, ",".join(i.cache for i in images))
+            return images
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _prepare_one(self, url: str) -> PreparedImage:
+        kind = classify_url(url)
+        data: bytes | None = None
+        if kind == "ref":
+            sha = parse_image_ref(url)
+        else:
+            data = await self._load_bytes(url, kind)
+            sha = hashlib.sha256(data).hexdigest()
+        key = cache_key(sha, self._image.min_pixels, self._image.max_pixels)
+        hit = self._lru.get(key)
+        if hit is not None:
+            self._metrics.cache_lookups.inc(tags={"result": "memory"})
+            return dataclasses.replace(hit, cache="memory")
+        pending = self._inflight.get(key)
+        if pending is not None:  # the same image is being decoded right now: share it
+            self._metrics.cache_lookups.inc(tags={"result": "memory"})
+            return dataclasses.replace(await asyncio.shield(pending), cache="memory")
+        future: asyncio.Future[PreparedImage] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            image = await self._resolve(sha, key, data, kind)
+            future.set_result(image)
+            return image
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; waiters re-raise it
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _resolve(self, sha: str, key: str, data: bytes | None, kind: str) -> PreparedImage:
+        lo, hi = self._image.min_pixels, self._image.max_pixels
+        if self._cache_cfg.store_tier:
+            try:
+                stored = await asyncio.to_thread(self._catalog.get_preprocessed, sha, lo, hi)
+            except APIError as exc:  # store down: the cache is an optimisation, decode instead
+                logger.warning("preprocessed-image store lookup failed: %s", exc.message)
+                stored = None
+            if stored is not None:
+                self._metrics.cache_lookups.inc(tags={"result": "store"})
+                self._lru.put(key, stored)
+                if data is not None:
+                    await self._keep_original(data, stored)
+                return stored
+        self._metrics.cache_lookups.inc(tags={"result": "miss"})
+        if data is None:
+            try:
+                data = await asyncio.to_thread(self._catalog.get_image_bytes, sha)
+            except NotFoundError:
+                raise ImageError(f"image_url qvq-image://{sha} names no uploaded image; upload "
+                                 "it with POST /v1/images first") from None
+            kind = "ref"
+        image = await self._decode_and_cache(data, sha)
+        if kind != "ref":
+            await self._keep_original(data, image)
+        return image
+
+    async def _decode_and_cache(self, data: bytes, sha: str) -> PreparedImage:
+        """Decode off the event loop, then fill both cache tiers (the store one in background)."""
+        lo, hi = self._image.min_pixels, self._image.max_pixels
+        timings: dict[str, float] = {}
+        image = await asyncio.to_thread(
+            decode_image, data, min_pixels=lo, max_pixels=hi,
+            max_source_pixels=self._image.max_source_pixels,
+            allowed_formats=self._image.allowed_formats, sha256=sha,
+            jpeg_draft_coverage=self._image.jpeg_draft_coverage, timings=timings)
+        for stage, seconds in timings.items():
+            self._metrics.stage_seconds.observe(seconds, tags={"stage": stage})
+        self._metrics.source_pixels.observe(image.source_width * image.source_height)
+        self._lru.put(cache_key(sha, lo, hi), image)
+        if self._cache_cfg.store_tier:
+            self._in_background(self._catalog.put_preprocessed, image, lo, hi)
+        return image
+
+    async def _keep_original(self, data: bytes, image: PreparedImage) -> None:
+        if not self._storage.store_request_images:
+            return
+        if self._storage.require_request_image_store:
+            await asyncio.to_thread(self._catalog.put_image, data, image)
+        else:
+            self._in_background(self._catalog.put_image, data, image)
+
+    def _in_background(self, fn, *args: Any) -> None:
+        async def run() -> None:
+            try:
+                t0 = time.perf_counter()
+                await asyncio.to_thread(fn, *args)
+                self._metrics.stage_seconds.observe(time.perf_counter() - t0,
+                                                    tags={"stage": "store"})
+            except Exception as exc:  # noqa: BLE001 - best effort by configuration
+                self._metrics.store_failures.inc()
+                logger.warning("background store write failed: %r", exc)
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background store writes (graceful shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # ------------------------------------------------------------------ image API
+
+    async def _validate_and_store(self, data: bytes) -> dict:
+        image = await self._decode_and_cache(data, hashlib.sha256(data).hexdigest())
+        record = await asyncio.to_thread(self._catalog.put_image, data, image)
+        return record.to_dict()
+
+    async def upload(self, data: bytes) -> dict:
+        """Validate (decode) and store an uploaded image; returns its record."""
+        if len(data) > self._image.max_image_bytes:
+            raise PayloadTooLargeError(
+                f"image is {describe_size(len(data))}, over the "
+                f"{describe_size(self._image.max_image_bytes)} limit; use a presigned upload "
+                "(POST /v1/images/uploads) for large files")
+        return await self._validate_and_store(data)
+
+    async def describe(self, image_id: str) -> dict:
+        sha = parse_image_id(image_id)
+        if sha is None:
+            raise NotFoundError(f"no image with id {image_id!r}", param="id")
+        return (await asyncio.to_thread(self._catalog.describe, sha)).to_dict()
+
+    async def create_upload(self, content_type: str) -> dict:
+        upload_id = "upload-" + uuid.uuid4().hex
+        request = await asyncio.to_thread(self._store.presign_put, UPLOAD_PREFIX + upload_id,
+                                          self._storage.presign_expiry_s, content_type)
+        return {"id": upload_id, "object": "image.upload", "upload_url": request.url,
+                "method": request.method, "headers": request.headers,
+                "expires_at": int(time.time()) + request.expires_in_s,
+                "max_bytes": self._image.max_upload_bytes,
+                "complete_url": f"/v1/images/uploads/{upload_id}/complete"}
+
+    async def complete_upload(self, upload_id: str) -> dict:
+        if not upload_id.startswith("upload-") or not all(
+                c in "0123456789abcdef" for c in upload_id[len("upload-"):]):
+            raise NotFoundError(f"no upload with id {upload_id!r}", param="upload_id")
+        key = UPLOAD_PREFIX + upload_id
+        info = await asyncio.to_thread(self._store.head, key)
+        if info is None:
+            raise NotFoundError(f"upload {upload_id} has no data yet: PUT the bytes to its "
+                                "upload_url first (or it expired)", param="upload_id")
+        try:
+            if info.size > self._image.max_upload_bytes:
+                raise PayloadTooLargeError(
+                    f"uploaded object is {describe_size(info.size)}, over the "
+                    f"{describe_size(self._image.max_upload_bytes)} upload limit")
+            data = await asyncio.to_thread(self._store.get, key)
+            return await self._validate_and_store(data)
+        finally:
+            try:
+                await asyncio.to_thread(self._store.delete, key)
+            except ServiceUnavailableError:
+                logger.warning("could not delete staging object %s", key)
+
+    # ------------------------------------------------------------------ health
+
+    async def check_health(self) -> None:
+        """Serve's periodic replica health check: the event loop answers."""
+
+    async def ping(self) -> str:
+        return "ok"
+
+
+def preprocessor_deployment(config: ServingConfig) -> serve.Deployment:
+    dep = config.deployments.preprocessor
+    return serve.deployment(
+        ImagePreprocessor, name=PREPROCESSOR,
+        ray_actor_options=dep.actor_options(),
+        max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
+        autoscaling_config=dep.autoscaling.to_serve(),
+        logging_config={"enable_access_log": bool(dep.access_log),
+                        "encoding": config.server.log_encoding},
+    )

@@ -1,0 +1,249 @@
+"""Turning an ``image_url`` into encoded bytes: ``data:`` URLs and guarded http(s) fetches."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
+
+import httpx
+import pybase64
+
+from serving.config import FetchConfig
+from serving.errors import (
+    BlockedURLError,
+    ImageError,
+    ImageFetchError,
+    PayloadTooLargeError,
+    elide,
+)
+from serving.preprocess.ssrf import (
+    IPAddress,
+    IPNetwork,
+    blocked_reason,
+    parse_host_address,
+    parse_networks,
+)
+
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_MAX_ECHO_CHARS = 64  # of a scheme or bucket name echoed in an error message
+
+
+def describe_size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def decode_data_url(url: str, *, max_bytes: int) -> bytes:
+    """Bytes of a ``data:image/...;base64,...`` URL; 400 on bad syntax, 413 over the limit."""
+    header, sep, payload = url.partition(",")
+    if not sep:
+        raise ImageError("data URL has no ',' separating the header from the data; expected "
+                         "data:image/<type>;base64,<data>")
+    params = header[len("data:"):].split(";")
+    media_type = params[0].strip().lower()
+    if media_type and not media_type.startswith("image/"):
+        raise ImageError(f"data URL media type {media_type!r} is not an image type; "
+                         "expected data:image/<type>;base64,<data>")
+    if "base64" in (p.strip().lower() for p in params[1:]):
+        payload = payload.strip()
+        if len(payload) * 3 // 4 > max_bytes + 3:
+            raise PayloadTooLargeError(f"image is larger than the {describe_size(max_bytes)} "
+                                       "limit; send a smaller or more compressed image")
+        try:
+            data = pybase64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("data URL is not valid base64; encode the image bytes with "
+                             "standard base64 (A-Z, a-z, 0-9, +, /, = padding)") from None
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"image is larger than the {describe_size(max_bytes)} limit; "
+                                   "send a smaller or more compressed image")
+    if not data:
+        raise ImageError("image is empty: the data URL holds no bytes")
+    return data
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+class ImageFetcher:
+    """Fetches http(s) images with the SSRF guard, redirect re-checks and byte/time caps."""
+
+    def __init__(self, config: FetchConfig, *, max_bytes: int, resolver: Resolver | None = None):
+        self._config = config
+        self._max_bytes = max_bytes
+        self._allowed: Sequence[IPNetwork] = parse_networks(config.allowed_cidrs)
+        self._resolve = resolver or system_resolver
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                                  write=config.read_timeout_s, pool=config.connect_timeout_s),
+            follow_redirects=False, trust_env=False,
+            headers={"User-Agent": config.user_agent, "Accept": "image/*"},
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(self, url: str) -> bytes:
+        if not self._config.enabled:
+            raise BlockedURLError("http(s) image URLs are disabled on this server; send the "
+                                  "image as a data URL")
+        try:
+            async with asyncio.timeout(self._config.total_timeout_s):
+                return await self._follow(url)
+        except TimeoutError:
+            raise ImageFetchError(f"fetching the image URL took longer than "
+                                  f"{self._config.total_timeout_s:g}s") from None
+
+    async def _pinned_address(self, target: httpx.URL) -> IPAddress:
+        host = target.host
+        if not host:
+            raise ImageError("image URL has no host")
+        port = target.port or (443 if target.scheme == "https" else 80)
+        literal = parse_host_address(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                addresses = await self._resolve(host, port)
+            except (OSError, UnicodeError):
+                raise ImageFetchError(f"could not resolve image host {host!r}") from None
+            if not addresses:
+                raise ImageFetchError(f"image host {host!r} has no addresses")
+        for addr in addresses:
+            reason = blocked_reason(addr, self._allowed)
+            if reason:
+                raise BlockedURLError(f"image URL host {host!r} resolves to a {reason} address; "
+                                      "only public addresses may be fetched")
+        return addresses[0]
+
+    async def _follow(self, url: str) -> bytes:
+        for _hop in range(self._config.max_redirects + 1):
+            target = self._parse(url)
+            addr = await self._pinned_address(target)
+            pinned = target.copy_with(host=str(addr))
+            headers = {"Host": target.netloc.decode("ascii")}
+            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            try:
+                async with self._client.stream("GET", pinned, headers=headers,
+                                               extensions=extensions) as resp:
+                    if resp.status_code in _REDIRECTS and "location" in resp.headers:
+                        url = str(target.join(resp.headers["location"]))
+                        continue
+                    if resp.status_code != 200:
+                        raise ImageFetchError(f"image URL returned HTTP {resp.status_code}; "
+                                              "expected 200")
+                    return await self._read_capped(resp)
+            except httpx.TimeoutException:
+                raise ImageFetchError("timed out fetching the image URL") from None
+            except httpx.HTTPError as exc:
+                raise ImageFetchError(f"could not fetch the image URL: "
+                                      f"{type(exc).__name__}") from None
+        raise ImageFetchError(f"image URL redirected more than {self._config.max_redirects} "
+                              "times")
+
+    @staticmethod
+    def _parse(url: str) -> httpx.URL:
+        try:
+            target = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError):
+            raise ImageError("image URL is not a valid URL") from None
+        if target.scheme not in ("http", "https"):
+            raise BlockedURLError(f"image URL scheme {target.scheme!r} is not supported; use "
+                                  "https://, http:// or a data: URL")
+        if target.userinfo:
+            raise BlockedURLError("image URLs with credentials (user:pass@) are not accepted")
+        return target
+
+    async def _read_capped(self, resp: httpx.Response) -> bytes:
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_bytes:
+            raise PayloadTooLargeError(f"image at URL is {describe_size(int(declared))}, over the "
+                                       f"{describe_size(self._max_bytes)} limit")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in resp.aiter_bytes():
+            total += len(chunk)
+            if total > self._max_bytes:
+                raise PayloadTooLargeError(f"image at URL is over the "
+                                           f"{describe_size(self._max_bytes)} limit")
+            chunks.append(chunk)
+        if not total:
+            raise ImageError("image URL returned no bytes")
+        return b"".join(chunks)
+
+
+SourceKind = Literal["data", "http", "s3", "ref"]
+
+
+def classify_url(url: str) -> SourceKind:
+    """Which kind of image source a URL is; 400 for anything this server does not read."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "data":
+        return "data"
+    if scheme in ("http", "https"):
+        return "http"
+    if scheme == "s3":
+        return "s3"
+    if scheme == "qvq-image":
+        return "ref"
+    shown = elide(scheme, _MAX_ECHO_CHARS) + ":" if scheme else "(none)"
+    raise BlockedURLError(f"image URL scheme {shown} is not supported; use a data: URL, "
+                          "https://, http://, s3://bucket/key or qvq-image://<sha256> of an "
+                          "uploaded image")
+
+
+def parse_s3_url(url: str, allowed_buckets: Sequence[str]) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; 400 unless the bucket is allowed by config."""
+    rest = url[len("s3://"):] if url.lower().startswith("s3://") else ""
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise ImageError("s3 image URLs must look like s3://bucket/key")
+    if bucket not in allowed_buckets:
+        raise BlockedURLError(f"bucket {elide(bucket, _MAX_ECHO_CHARS)!r} is not one this "
+                              "server may read images from"
+                              + (f"; allowed: {', '.join(allowed_buckets)}" if allowed_buckets
+                                 else " (storage.allowed_source_buckets is empty)"))
+    return bucket, key
+
+
+def parse_image_ref(url: str) -> str:
+    """SHA-256 named by ``qvq-image://<sha256>`` (or ``qvq-image://img-<sha256>``)."""
+    from serving.preprocess.catalog import parse_image_id
+
+    sha = parse_image_id(url)
+    if sha is None:
+        raise ImageError("uploaded-image references look like qvq-image://<64 hex sha256> "
+                         "(the `url` returned by POST /v1/images)")
+    return sha
+
+
+def check_image_url(url: str, allowed_buckets: Sequence[str]) -> SourceKind:
+    """Cheap syntax checks done in the router before any hop."""
+    kind = classify_url(url)
+    if kind == "s3":
+        parse_s3_url(url, allowed_buckets)
+    elif kind == "ref":
+        parse_image_ref(url)
+    return kind
+
+
+def request_image_urls(urls: Sequence[str], *, max_images: int,
+                       allowed_buckets: Sequence[str]) -> list[str]:
+    """The image URLs of one request, checked before any hop (count, scheme, bucket, ref)."""
+    if len(urls) > max_images:
+        raise ImageError(f"request has {len(urls)} images; at most {max_images} are allowed per "
+                         "request", param="messages", code="too_many_images")
+    for url in urls:
+        check_image_url(url, allowed_buckets)
+    return list(urls)
