@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -151,15 +152,18 @@ def test_body_limit_is_enforced_before_parsing(client):
 
 
 def test_beyond_router_capacity_is_503_with_retry_after_never_a_queue(server, client):
-    """48 requests in flight per router replica (test config): hold 48 streams open (greedy
-    (ignore_eos: they run to max_tokens whatever the text; the engine runs 32 at a time),
-    then one more is refused at once."""
+    """48 requests in flight per chat-entry replica (test config): hold 48 streams open, then
+    one more is refused at once. The streams run to max_tokens whatever the text (ignore_eos,
+    as long as the context allows: minutes of decoding with the engine running 32 at a time)
+    and are opened all at once, so none can end before the refusal is tried, however fast
+    this CPU decodes or however slowly a busy replica accepts."""
     body = chat_body("Count the apples in the picture and explain step by step.",
-                     max_tokens=3000, stream=True, **RUNS_TO_MAX_TOKENS)
-    with contextlib.ExitStack() as held:
-        for _ in range(48):
-            resp = held.enter_context(client.stream("POST", "/v1/chat/completions", json=body))
-            assert resp.status_code == 200
+                     max_tokens=3600, stream=True, **RUNS_TO_MAX_TOKENS)
+    with contextlib.ExitStack() as held, ThreadPoolExecutor(16) as pool:
+        opened = list(pool.map(
+            lambda _: held.enter_context(client.stream("POST", "/v1/chat/completions",
+                                                       json=body)), range(48)))
+        assert [resp.status_code for resp in opened] == [200] * 48
         refused = client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2))
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "overloaded"
