@@ -31,6 +31,7 @@ from loadtest.loadgen import percentile
 from loadtest.photos import photo
 from loadtest.records import machine_facts
 from loadtest.servers import ROOT, ours
+from serving.batch.record import TERMINAL
 
 
 def bodies(model: str, n: int, seed0: int) -> list[dict]:
@@ -57,7 +58,7 @@ def run_batch(client: httpx.Client, payloads: list[dict]) -> tuple[dict, float]:
     t0 = time.perf_counter()
     batch = client.post("/v1/batches", json={"input_file_id": f["id"], "completion_window":
                                              "24h", "endpoint": "/v1/chat/completions"}).json()
-    while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
+    while batch["status"] not in TERMINAL:
         time.sleep(0.25)
         batch = client.get(f"/v1/batches/{batch['id']}").json()
     return batch, time.perf_counter() - t0

@@ -24,7 +24,7 @@ from loadtest import records
 from loadtest.loadgen import percentile
 from loadtest.photos import photo_jpeg
 from loadtest.records import machine_facts
-from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
+from loadtest.servers import BARE_VLLM, OURS, ROOT, ManagedServer, server_factories
 
 SYSTEM = "You are a helpful assistant."
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds per scenario, each with fresh images")
-    parser.add_argument("--only", choices=["ours", "bare"], default=None)
+    parser.add_argument("--only", choices=[OURS, BARE_VLLM], default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for sc in scenarios:
         for round_ in range(args.rounds):
             bodies(sc, "m", cache, round_)
-    servers = {"ours": lambda: ours(model_dir, work, config),
-               "bare": lambda: bare_vllm(model_dir, work, config)}
+    servers = server_factories([OURS, BARE_VLLM], model_dir, work, config)
     results: list[Result] = []
     startup: dict[str, float] = {}
     for key, make in servers.items():
@@ -206,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     ratios = {}
     for sc in scenarios:
-        a = next((r for r in results if r.server == "ours" and r.scenario == sc.name), None)
-        b = next((r for r in results if r.server == "bare-vllm" and r.scenario == sc.name), None)
+        a = next((r for r in results if r.server == OURS and r.scenario == sc.name), None)
+        b = next((r for r in results if r.server == BARE_VLLM and r.scenario == sc.name), None)
         if a and b:
             ratios[sc.name] = {
                 "req_per_s_ours_over_bare": round(a.req_per_s / b.req_per_s, 3),

@@ -1,7 +1,7 @@
 """Comparative benchmark: our app vs bare vLLM (and Ray Serve LLM where it runs), same machine,
 same model, same requests, same open-loop load.
 
-    python -m loadtest.compare [--servers ours,bare] [--rates 2,4,8] [--concurrency 4,16]
+    python -m loadtest.compare [--servers ours,bare-vllm] [--rates 2,4,8] [--concurrency 4,16]
                                [--scenarios text,photo-1024,photo-2048x1536,photo-4000x3000]
     python -m loadtest.compare --scenario reasoning-stream   # long streamed answers
     python -m loadtest.compare --scenario short              # 16-token answers, c=8
@@ -36,7 +36,15 @@ import time
 from loadtest import loadgen, records
 from loadtest.photos import photo_jpeg
 from loadtest.records import machine_facts
-from loadtest.servers import ROOT, ManagedServer, bare_vllm, ours
+from loadtest.servers import (
+    BARE_VLLM,
+    OURS,
+    RAY_SERVE_LLM,
+    ROOT,
+    SERVER_NAMES,
+    ManagedServer,
+    server_factories,
+)
 
 SCENARIOS = {"text": None, "photo-1024": (1024, 1024), "photo-2048x1536": (2048, 1536),
              "photo-4000x3000": (4000, 3000)}
@@ -147,16 +155,6 @@ def warm_up(server: ManagedServer, cache: pathlib.Path) -> None:
         asyncio.run(loadgen.closed_loop(server.base, bodies, 4))
 
 
-def make_servers(names: list[str], model_dir: pathlib.Path, work: pathlib.Path,
-                 config: pathlib.Path) -> dict:
-    from loadtest import rayllm_server
-
-    factories = {"ours": lambda: ours(model_dir, work, config),
-                 "bare": lambda: bare_vllm(model_dir, work, config),
-                 "rayllm": lambda: rayllm_server.managed(model_dir, work, config)}
-    return {name: factories[name] for name in names}
-
-
 def _key(r: dict) -> tuple:
     return (r["scenario"], r["mode"], r.get("rate"), r.get("concurrency"))
 
@@ -183,7 +181,7 @@ def medians(results: list[dict]) -> list[dict]:
     return out
 
 
-def ratios(results: list[dict], baseline: str = "bare-vllm") -> list[dict]:
+def ratios(results: list[dict], baseline: str = BARE_VLLM) -> list[dict]:
     """ours / baseline for every point both measured."""
     key = _key
 
@@ -191,7 +189,7 @@ def ratios(results: list[dict], baseline: str = "bare-vllm") -> list[dict]:
     out = []
     for r in results:
         b = base.get(key(r))
-        if r["server"] != "ours" or not b:
+        if r["server"] != OURS or not b:
             continue
         row = {"scenario": r["scenario"], "mode": r["mode"], "rate": r.get("rate"),
                "concurrency": r.get("concurrency"), "vs": baseline}
@@ -216,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                              "loads and sampling, and the other flags are ignored")
     parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
     parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
-    parser.add_argument("--servers", type=csv(str), default=["ours", "bare"],
-                        help="ours, bare (vLLM's OpenAI server), rayllm (Ray Serve LLM)")
+    parser.add_argument("--servers", type=csv(str), default=[OURS, BARE_VLLM],
+                        help=f"any of {', '.join(SERVER_NAMES)} (vLLM's own OpenAI server, "
+                             "Ray Serve LLM's OpenAI app)")
     parser.add_argument("--scenarios", type=csv(str), default=list(SCENARIOS))
     parser.add_argument("--rates", type=csv(float), default=[2.0, 4.0, 8.0],
                         help="open-loop arrival rates, requests per second")
@@ -244,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(SCENARIOS)}")
+    if set(args.servers) - set(SERVER_NAMES):
+        parser.error(f"unknown servers {sorted(set(args.servers) - set(SERVER_NAMES))}; "
+                     f"choose from {', '.join(SERVER_NAMES)}")
 
     from serving.models.tiny import MARKER, build_tiny_qwen2vl
 
@@ -270,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                 "startup_s": startup, "unavailable": unavailable,
                 "results": results, "medians": medians(results),
                 "ratios": ratios(medians(results))
-                + ratios(medians(results), baseline="ray-serve-llm")}
-    servers = make_servers(args.servers, model_dir, work, pathlib.Path(args.config))
+                + ratios(medians(results), baseline=RAY_SERVE_LLM)}
+    servers = server_factories(args.servers, model_dir, work, pathlib.Path(args.config))
     for round_, (name, make) in ((r, item) for r in range(args.rounds)
                                  for item in servers.items()):
         if name in unavailable:

@@ -50,6 +50,7 @@ import gevent
 from locust import FastHttpUser, constant, events
 
 from loadtest.photos import photo_jpeg
+from serving.batch.record import TERMINAL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"
@@ -61,7 +62,6 @@ BATCH_LINES = int(os.environ.get("QVQ_BATCH_LINES", "4"))
 BATCH_TIMEOUT_S = float(os.environ.get("QVQ_BATCH_TIMEOUT_S", "600"))
 DEFAULT_WEIGHTS = {"text": 4, "photo": 3, "photos": 1, "stream": 3, "repeated": 2, "batch": 1}
 REPEATED_POOL = 3
-TERMINAL = {"completed", "failed", "cancelled", "expired"}
 PROMPTS = ["What is in this image? Think step by step.", "How many objects are there?",
            "Describe the colours and what they suggest.", "Is anything unusual here?"]
 TALLY = {"hit": 0, "miss": 0, "streams": 0, "tokens": 0}

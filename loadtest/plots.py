@@ -9,7 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"ours": "tab:blue", "bare-vllm": "tab:orange", "ray-serve-llm": "tab:green"}
+from loadtest.servers import BARE_VLLM, OURS, RAY_SERVE_LLM  # noqa: E402
+
+COLORS = {OURS: "tab:blue", BARE_VLLM: "tab:orange", RAY_SERVE_LLM: "tab:green"}
 
 
 def _grid(n: int):

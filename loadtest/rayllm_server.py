@@ -18,13 +18,18 @@ import pathlib
 import subprocess
 import sys
 
-import yaml
-
-from loadtest.servers import ROOT, ManagedServer, free_port
+from loadtest.servers import (
+    RAY_SERVE_LLM,
+    ROOT,
+    ManagedServer,
+    baseline_env,
+    engine_config,
+    free_port,
+)
+from serving.generate.engine.args import engine_kwargs
 
 EXTRAS_DIR = ROOT / ".qvq" / "bench" / "rayllm-extras"
 EXTRAS = ["pyarrow", "smart_open", "mmh3"]
-MODEL_ID = "qvq-72b-preview"
 
 
 def prepare() -> None:
@@ -55,7 +60,8 @@ def managed(model_dir: pathlib.Path, work: pathlib.Path, config: pathlib.Path) -
     port = free_port()
     argv = [sys.executable, "-m", "loadtest.rayllm_server", "--model-dir", str(model_dir),
             "--port", str(port), "--config", str(config)]
-    return ManagedServer("ray-serve-llm", argv, port, MODEL_ID, work / "ray-serve-llm.log",
+    served_name = engine_config(config, model_dir).model.served_name
+    return ManagedServer(RAY_SERVE_LLM, argv, port, served_name, work / "ray-serve-llm.log",
                          env=_env())
 
 
@@ -64,30 +70,19 @@ def serve_forever(model_dir: str, port: int, config_path: str) -> None:
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
-    config = yaml.safe_load(pathlib.Path(config_path).read_text())
-    m, img = config["model"], config.get("image", {})
-    cpu = (config.get("deployments", {}).get("generator", {}).get("num_gpus_per_worker", 1) == 0)
-    data = ROOT / ".qvq" / "cache"
-    engine_env = {"VLLM_CPU_KVCACHE_SPACE": str(m.get("cpu_kv_cache_gib", 1)),
-                  "VLLM_CACHE_ROOT": str(data / "vllm"), "HF_HOME": str(data / "hf"),
-                  "TORCHINDUCTOR_CACHE_DIR": str(data / "inductor"), "VLLM_NO_USAGE_STATS": "1",
-                  "HF_HUB_OFFLINE": "1"}
-    ray.init(num_cpus=config.get("ray", {}).get("num_cpus"), include_dashboard=False,
-             runtime_env={"env_vars": {**engine_env, **_env()}})
+    config = engine_config(pathlib.Path(config_path), pathlib.Path(model_dir))
+    kwargs = {name: value for name, value in engine_kwargs(config).items()
+              if value is not None and name not in ("model", "served_model_name")}
+    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False,
+             runtime_env={"env_vars": {**baseline_env(config), **_env()}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     llm = LLMConfig(
-        model_loading_config={"model_id": MODEL_ID, "model_source": model_dir},
-        engine_kwargs={
-            "dtype": m.get("dtype", "bfloat16"), "max_model_len": m["max_model_len"],
-            "max_num_seqs": m.get("max_num_seqs", 64), "seed": 0,
-            "enforce_eager": bool(m.get("enforce_eager")),
-            "limit_mm_per_prompt": {"image": img.get("max_images_per_request", 8), "video": 0},
-            "mm_processor_kwargs": {"min_pixels": img["min_pixels"],
-                                    "max_pixels": img["max_pixels"]},
-        },
+        model_loading_config={"model_id": config.model.served_name, "model_source": model_dir},
+        engine_kwargs=kwargs,
         deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
         # vLLM's CPU build: the engine's placement group asks for CPUs, not a GPU.
-        **({"placement_group_config": {"bundles": [{"CPU": 1}]}} if cpu else {}),
+        **({"placement_group_config": {"bundles": [{"CPU": 1}]}}
+           if config.deployments.generator.num_gpus_per_worker == 0 else {}),
     )
     serve.run(build_openai_app({"llm_configs": [llm]}), blocking=True)
 

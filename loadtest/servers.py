@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
@@ -10,12 +9,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 import psutil
 import yaml
 
+from serving.config import ServingConfig, load_config
+from serving.generate.engine.args import engine_cli_args, engine_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The servers a benchmark compares, by the one name results, flags and plots use
+OURS, BARE_VLLM, RAY_SERVE_LLM = "ours", "bare-vllm", "ray-serve-llm"
+SERVER_NAMES = (OURS, BARE_VLLM, RAY_SERVE_LLM)
 
 
 def free_port() -> int:
@@ -153,33 +160,44 @@ def ours(model_dir: pathlib.Path, work: pathlib.Path, base_config: pathlib.Path,
     path = work / "ours-config.yaml"
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
-    return ManagedServer("ours", [sys.executable, "-m", "serving.cli", "serve", "--config",
+    return ManagedServer(OURS, [sys.executable, "-m", "serving.cli", "serve", "--config",
                                   str(path)], port, config["model"]["served_name"],
                          work / "ours.log", env={"RAY_USAGE_STATS_ENABLED": "0"})
 
 
+def engine_config(base_config: pathlib.Path, model_dir: pathlib.Path) -> ServingConfig:
+    """The config a baseline's engine is built from: ours, on the benchmark's checkpoint."""
+    config = load_config(base_config)
+    return config.model_copy(update={"model": config.model.model_copy(
+        update={"path": str(model_dir)})})
+
+
+def baseline_env(config: ServingConfig) -> dict[str, str]:
+    """The engine environment our generator sets (caches, KV cache size), offline."""
+    return {**engine_env(config), "HF_HUB_OFFLINE": "1"}
+
+
 def bare_vllm(model_dir: pathlib.Path, work: pathlib.Path,
               base_config: pathlib.Path) -> ManagedServer:
-    """vLLM's own OpenAI server with the same engine settings as our config."""
-    config = yaml.safe_load(base_config.read_text())
-    m, img = config["model"], config.get("image", {})
+    """vLLM's own OpenAI server with our engine arguments (serving.generate.engine.args)."""
+    config = engine_config(base_config, model_dir)
     port = free_port()
     argv = [sys.executable, "-m", "loadtest.vllm_server", "serve", str(model_dir),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--dtype", m.get("dtype", "bfloat16"), "--max-model-len", str(m["max_model_len"]),
-            "--max-num-seqs", str(m.get("max_num_seqs", 64)), "--seed", "0",
-            "--tensor-parallel-size", str(m.get("tensor_parallel_size", 1)),
-            "--gpu-memory-utilization", str(m.get("gpu_memory_utilization", 0.92)),
-            "--limit-mm-per-prompt",
-            json.dumps({"image": img.get("max_images_per_request", 8), "video": 0}),
-            "--mm-processor-kwargs", json.dumps({"min_pixels": img["min_pixels"],
-                                                 "max_pixels": img["max_pixels"]}),
+            "--host", "127.0.0.1", "--port", str(port), *engine_cli_args(config),
             "--disable-uvicorn-access-log"]
-    if m.get("enforce_eager"):
-        argv.append("--enforce-eager")
-    data = ROOT / ".qvq" / "cache"
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(m.get("cpu_kv_cache_gib", 1)),
-           "VLLM_CACHE_ROOT": str(data / "vllm"), "HF_HOME": str(data / "hf"),
-           "TORCHINDUCTOR_CACHE_DIR": str(data / "inductor"), "VLLM_NO_USAGE_STATS": "1",
-           "HF_HUB_OFFLINE": "1"}
-    return ManagedServer("bare-vllm", argv, port, str(model_dir), work / "bare-vllm.log", env=env)
+    return ManagedServer(BARE_VLLM, argv, port, config.model.served_name,
+                         work / "bare-vllm.log", env=baseline_env(config))
+
+
+def server_factories(names: list[str], model_dir: pathlib.Path, work: pathlib.Path,
+                     config: pathlib.Path) -> dict[str, Callable[[], ManagedServer]]:
+    """Starters of the named servers (SERVER_NAMES), each on the same config and checkpoint."""
+    from loadtest import rayllm_server
+
+    factories = {OURS: lambda: ours(model_dir, work, config),
+                 BARE_VLLM: lambda: bare_vllm(model_dir, work, config),
+                 RAY_SERVE_LLM: lambda: rayllm_server.managed(model_dir, work, config)}
+    unknown = [name for name in names if name not in factories]
+    if unknown:
+        raise ValueError(f"unknown server(s) {unknown}: choose from {', '.join(SERVER_NAMES)}")
+    return {name: factories[name] for name in names}

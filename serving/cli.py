@@ -151,6 +151,10 @@ def _k8s_generate(args: argparse.Namespace) -> int:
 
     (chart.CHART_DIR / "values.schema.json").write_text(chart.schema_text())
     print(chart.CHART_DIR / "values.schema.json")
+    roles = chart.CHART_DIR / chart.ROLES_FILE
+    roles.parent.mkdir(exist_ok=True)
+    roles.write_text(chart.roles_text())
+    print(roles)
     readme = chart.CHART_DIR / "README.md"
     readme.write_text(chart.readme_with_table(readme.read_text()))
     print(readme)
@@ -165,6 +169,9 @@ def _k8s_check(args: argparse.Namespace) -> int:
     stale = kustomize.drift()
     if (chart.CHART_DIR / "values.schema.json").read_text() != chart.schema_text():
         stale.insert(0, "helm/qvq-serving/values.schema.json")
+    roles = chart.CHART_DIR / chart.ROLES_FILE
+    if not roles.exists() or roles.read_text() != chart.roles_text():
+        stale.insert(0, f"helm/qvq-serving/{chart.ROLES_FILE}")
     readme = (chart.CHART_DIR / "README.md").read_text()
     if readme != chart.readme_with_table(readme):
         stale.insert(0, "helm/qvq-serving/README.md (values table)")

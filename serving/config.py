@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.errors import ConfigError
+from serving.roles import ROLES
 
 ENV_PREFIX = "QVQ__"
 
@@ -162,8 +163,7 @@ class AutoscalingConfig(StrictModel):
         default=30.0, gt=10.0,
         description="Window over which in-flight requests are averaged before a decision; "
                     "more than Serve's 10 s metrics interval. Shorter follows bursts sooner "
-                    "and flaps more; on the CPU box a load step added a preprocessor replica "
-                    "47-48 s later with 30 s or 10 s alike (the queue's growth dominated).")
+                    "and flaps more (measurements: loadtest/README.md, 'Autoscaling').")
 
     @model_validator(mode="after")
     def _order(self) -> AutoscalingConfig:
@@ -232,12 +232,10 @@ class GeneratorDeploymentConfig(DeploymentConfig):
                     "engine step.")
 
 
-# Per-role defaults that differ from DeploymentConfig's; a partial section in YAML keeps them.
-_ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "router": {"num_cpus": 0.5, "max_ongoing_requests": 512},
-    "preprocessor": {"num_cpus": 1.0, "max_ongoing_requests": 16, "max_queued_requests": 256},
-    "generator": {"max_ongoing_requests": 256, "max_queued_requests": 512},
-}
+# Per-role defaults that differ from DeploymentConfig's (serving.roles.ROLES); a partial
+# section in YAML keeps them.
+_ROLE_DEFAULTS: dict[str, dict[str, Any]] = {role.section: dict(role.defaults)
+                                             for role in ROLES}
 
 
 class DeploymentsConfig(StrictModel):
@@ -448,8 +446,8 @@ class ServerConfig(StrictModel):
     ingress: Literal["haproxy", "python"] = Field(
         default="haproxy",
         description="HTTP ingress of a local Ray: Serve's HAProxy ingress (C load balancer "
-                    "straight to the router replicas; measured ~13 ms less CPU per request "
-                    "than the Python proxy here) or Serve's Python proxy. On a cluster "
+                    "straight to the ingress replicas; less CPU per request than the Python "
+                    "proxy, loadtest/README.md) or Serve's Python proxy. On a cluster "
                     "(ray.address set) set RAY_SERVE_ENABLE_HA_PROXY on the nodes instead.")
 
 

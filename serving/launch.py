@@ -32,7 +32,7 @@ def running_app(config: ServingConfig, *, address: str | None | object = _FROM_C
     from ray import serve
 
     from serving.app import applications
-    from serving.generate.engine.vllm_engine import engine_env
+    from serving.generate.engine.args import engine_env
 
     address = config.ray.address if address is _FROM_CONFIG else address
     for key, value in engine_env(config).items():

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from ray.util import metrics
 
 from serving.generate.reasoning.session import ReasoningOutcome
+from serving.roles import ROUTER
 
 _SECONDS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 _FRACTION_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -35,15 +36,18 @@ def start_at_zero(counter: metrics.Counter, tag_sets: Iterable[Mapping[str, str]
         counter._record(0, tags=dict(tags))
 
 
-class RouterMetrics:
+class ApiMetrics:
     """API traffic per route and key, limits and backpressure, token usage per key.
 
     ``callers``: the known caller ids, each with the limits that apply to it
     (:func:`serving.api.limits.limit_kinds`); their token and refusal counters start at 0.
+    ``chat_entry``: the deployment serving chat completions (serving.roles.chat_entry).
     """
 
-    def __init__(self, callers: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(self, callers: Mapping[str, Sequence[str]] | None = None,
+                 chat_entry: str = ROUTER) -> None:
         callers = callers or {}
+        self.chat_entry = chat_entry  # the deployment whose admission refusals are counted
         self.requests = metrics.Counter(
             "qvq_api_requests", description="API responses by route, HTTP status and key.",
             tag_keys=("route", "status", "key"))
@@ -57,15 +61,16 @@ class RouterMetrics:
             "qvq_rate_limited", description="Requests refused with 429, by key and the limit "
             "they hit.", tag_keys=("key", "limit"))
         self.admission_rejected = metrics.Counter(
-            "qvq_admission_rejected", description="Requests refused with 503 because a "
-            "deployment's queue was full.", tag_keys=("deployment",))
+            "qvq_admission_rejected", description="Chat requests refused with 503 by a "
+            "chat-entry replica at capacity (server.max_in_flight_requests), by the "
+            "deployment that refused them.", tag_keys=("deployment",))
         self.tokens = metrics.Counter(
             "qvq_tokens", description="Tokens per key by kind (prompt, completion, reasoning).",
             tag_keys=("key", "kind"))
         self.images = metrics.Counter(
             "qvq_request_images", description="Images sent in chat requests, per key.",
             tag_keys=("key",))
-        start_at_zero(self.admission_rejected, [{"deployment": "router"}])
+        start_at_zero(self.admission_rejected, [{"deployment": chat_entry}])
         start_at_zero(self.rate_limited, [{"key": key, "limit": limit}
                                           for key, limits in callers.items() for limit in limits])
         start_at_zero(self.tokens, [{"key": key, "kind": kind}

@@ -1,4 +1,5 @@
-"""OpenAI chat-completions wire models (the subset QVQ serves) and the internal request types.
+"""OpenAI chat-completions wire models (the subset QVQ serves). What travels between our own
+deployments is in :mod:`serving.messages`.
 
 Requests reject unknown fields so a misspelt parameter is a 400 naming it rather than a silent
 default. Content parts are text and image_url only; anything else is a 400 naming the part.
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serving.errors import elide
@@ -150,6 +149,14 @@ class ChatCompletionRequest(_Strict):
                                         "the answer.")
     ignore_eos: bool = Field(default=False,
                              description="Keep generating past the end-of-sequence token.")
+    top_k: int | None = Field(default=None, ge=-1,
+                              description="Sample from the k most likely tokens; 0 or -1: all.")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0,
+                                description="Drop tokens less likely than min_p times the most "
+                                            "likely one.")
+    repetition_penalty: float | None = Field(
+        default=None, gt=0.0, le=2.0,
+        description="Above 1 discourages tokens already in the prompt or the answer; 1: off.")
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -338,87 +345,3 @@ def new_completion_id() -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-# --------------------------------------------------------------------------- internal types
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedImage:
-    """An image already decoded, oriented, converted to RGB and resized to the model's grid.
-
-    ``pixels`` is an HxWx3 uint8 array: Ray ships it through the object store without base64
-    and without a copy on the receiving side.
-    """
-
-    pixels: np.ndarray
-    source_width: int
-    source_height: int
-    source_format: str
-    sha256: str
-    cache: Literal["miss", "memory", "store"] = "miss"  # where these pixels came from
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """What the router hands the generator: validated chat plus who asked."""
-
-    request_id: str
-    chat: ChatCompletionRequest
-    key_id: str | None = None
-    created: int = field(default_factory=now)
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationEvent:
-    """One step of a generation stream, generator -> router.
-
-    The first event of every stream is ``kind="accepted"`` with the prompt token count (the
-    request passed validation and entered the engine); then ``"delta"`` events (``text`` for
-    content, ``reasoning`` for reasoning_content in split mode); the last one carries
-    ``finish_reason``, the final counts and the reasoning report (``outcome``, a
-    :class:`serving.generate.reasoning.session.ReasoningOutcome`).
-    """
-
-    kind: Literal["accepted", "delta", "final"]
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    image_cache: tuple[str, ...] = ()  # per image: miss / memory / store
-    reasoning: str = ""
-    outcome: Any = None
-
-    @property
-    def stop_reason(self) -> str | None:
-        return getattr(self.outcome, "stop_reason", None)
-
-    def report(self) -> dict[str, Any] | None:
-        return self.outcome.to_wire() if self.outcome is not None else None
-
-
-def usage_of(event: GenerationEvent) -> Usage:
-    details = None
-    if event.outcome is not None:
-        details = CompletionTokensDetails(reasoning_tokens=event.outcome.reasoning_tokens)
-    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                 total_tokens=event.prompt_tokens + event.completion_tokens,
-                 completion_tokens_details=details)
-
-
-def completion_response(request_id: str, created: int, model: str,
-                        final: GenerationEvent) -> ChatCompletion:
-    """The OpenAI chat.completion object for a finished generation (live or batch)."""
-    message = ResponseMessage(content=final.text, reasoning_content=final.reasoning or None)
-    return ChatCompletion(id=request_id, created=created, model=model,
-                          choices=[Choice(message=message, finish_reason=final.finish_reason,
-                                          stop_reason=final.stop_reason, qvq=final.report())],
-                          usage=usage_of(final))

@@ -8,7 +8,7 @@
 #      qwen2-vl-7b for 7B) into $WORK/models (`qvq model build-random`; kept for later runs);
 #   3. writes a GPU serving config for it ($WORK/gpu-$SHAPE.yaml, from configs/qvq-72b.yaml:
 #      TP 1, max_model_len 8192, CUDA graphs on, CPU replicas sized to this machine's cores);
-#   4. runs `python -m loadtest.compare --servers ours,bare`: our app and vLLM's own OpenAI
+#   4. runs `python -m loadtest.compare --servers ours,bare-vllm`: our app and vLLM's own OpenAI
 #      server in turn, same engine settings, one distinct large photo per request (2048x1536,
 #      4000x3000; text-only on request) as open-loop load (8 req/s) and closed-loop load at
 #      high concurrency (64);
@@ -155,10 +155,6 @@ validate_settings() {
     case "$s" in text|photo-1024|photo-2048x1536|photo-4000x3000) ;; *)
       die "SCENARIOS: unknown $s (text, photo-1024, photo-2048x1536, photo-4000x3000)" ;; esac
   done
-  if [ "$TP" -gt 1 ]; then
-    echo "note: TP=$TP: loadtest/servers.py's bare_vllm() passes no --tensor-parallel-size," \
-         "so bare vLLM runs on one GPU unless it does" >&2
-  fi
   echo "shape $SHAPE, TP $TP, $CPUS CPUs, budget ${BUDGET_S}s; scenarios $SCENARIOS," \
        "rates $RATES/s, concurrency $CONCURRENCY, ${DURATION_S}s per rate, $MAX_TOKENS tokens"
   echo "venv $VENV; wheels $WHEELS; work $WORK"
@@ -409,7 +405,7 @@ benchmark() {
   main+=' runpy.run_module("loadtest.compare", run_name="__main__", alter_sys=True)'
   # shellcheck disable=SC2054  # the commas are in the flags' values
   local cmd=("$PY" -c "$main" --config "$CONFIG" --model-dir "$MODEL_DIR"
-             --servers ours,bare --scenarios "$SCENARIOS" --rates "$RATES"
+             --servers ours,bare-vllm --scenarios "$SCENARIOS" --rates "$RATES"
              --concurrency "$CONCURRENCY" --duration-s "$DURATION_S" --max-tokens "$MAX_TOKENS"
              --out "$OUT" "${EXTRA[@]}")
   # At the deadline SIGINT: the benchmark stops the server it is measuring (its `finally`);

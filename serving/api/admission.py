@@ -1,4 +1,5 @@
-"""Router-side admission: who may start a chat request now, and what each response reports.
+"""RateLease at the chat entry: who may start a chat request now, and what each response
+reports.
 
 Two gates, in order, before any work is dispatched:
 
@@ -12,8 +13,8 @@ Two gates, in order, before any work is dispatched:
    headers go on the response, error or not; the other routes of a limited key fetch them
    (:meth:`Gatekeeper.headers_for`), so every response of that key carries them.
 
-:class:`RequestScope` (a context variable set per request by the route wrapper) carries the
-route, key and headers to where the response is built, and feeds the router's metrics.
+:class:`RequestScope` (a context variable set per request by the API middleware) carries the
+caller and headers to where the response is built, and feeds the API metrics.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.api.auth import caller_id
-from serving.api.limits import Admission
+from serving.api.limits import RateLease
 from serving.config import ServingConfig
 from serving.errors import RateLimitError, ServiceUnavailableError, unwrap
-from serving.metrics import RouterMetrics
+from serving.messages import GenerationEvent, GenerationRequest
+from serving.metrics import ApiMetrics
 from serving.preprocess.geometry import visual_tokens
-from serving.protocol import ChatCompletionRequest, GenerationEvent, TextPart, UserMessage
+from serving.protocol import TextPart
 
 logger = logging.getLogger("qvq.admission")
 
@@ -40,14 +42,16 @@ CHARS_PER_TOKEN = 4  # prompt estimate before tokenization; settled with real us
 
 @dataclass
 class RequestScope:
-    route: str
+    """One API request as the middleware (:mod:`serving.api.middleware`) opened it: when it
+    started, who called (once authenticated), the rate-limit headers its response carries."""
+
     started: float = field(default_factory=time.monotonic)
     key_id: str | None = None
     authenticated: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
-    def key(self) -> str:
+    def caller(self) -> str:
         return caller_id(self.key_id)
 
     def authenticated_as(self, key_id: str | None) -> None:
@@ -58,8 +62,8 @@ _scope: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
     "qvq_request_scope", default=None)
 
 
-def open_scope(route: str) -> tuple[RequestScope, contextvars.Token]:
-    scope = RequestScope(route)
+def open_scope() -> tuple[RequestScope, contextvars.Token]:
+    scope = RequestScope()
     return scope, _scope.set(scope)
 
 
@@ -75,33 +79,29 @@ def current_scope() -> RequestScope | None:
 class Ticket:
     """One admitted chat request: give it back with :meth:`Gatekeeper.leave`."""
 
-    key: str
-    admission: Admission | None
+    caller: str
+    rate_lease: RateLease | None
 
 
-def estimate_tokens(chat: ChatCompletionRequest, *, max_pixels: int,
+def estimate_tokens(request: GenerationRequest, *, max_pixels: int,
                     default_max_tokens: int) -> int:
     """Prompt (text / 4, each image at its largest grid) plus the completion budget."""
+    chat = request.chat
     chars = 0
-    images = 0
     for message in chat.messages:
         content = message.content
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, TextPart):
-                    chars += len(part.text)
-                elif isinstance(message, UserMessage):
-                    images += 1
+            chars += sum(len(part.text) for part in content if isinstance(part, TextPart))
     side = int(max_pixels ** 0.5)
-    image_tokens = images * visual_tokens(side, side)
+    image_tokens = len(request.images) * visual_tokens(side, side)
     return chars // CHARS_PER_TOKEN + image_tokens + (chat.requested_max_tokens
                                                       or default_max_tokens)
 
 
 class Gatekeeper:
-    def __init__(self, config: ServingConfig, limiter: Any | None, metrics: RouterMetrics):
+    def __init__(self, config: ServingConfig, limiter: Any | None, metrics: ApiMetrics):
         self._config = config
         self._limiter = limiter if config.limits.any_limits else None
         self._metrics = metrics
@@ -114,46 +114,48 @@ class Gatekeeper:
         """503 at once when this replica is at capacity. Called before the body is read too,
         so a refusal costs no parsing: under overload, refusals are most of the traffic."""
         if self.in_flight >= self._max_in_flight:
-            self._metrics.admission_rejected.inc(tags={"deployment": "router"})
+            self._metrics.admission_rejected.inc(tags={"deployment": self._metrics.chat_entry})
             raise ServiceUnavailableError(
                 f"The server is at capacity ({self._max_in_flight} requests in flight on this "
                 "replica); retry shortly.", code="overloaded", retry_after_s=2)
 
-    async def enter(self, chat: ChatCompletionRequest, key_id: str | None) -> Ticket:
-        key = caller_id(key_id)
+    async def enter(self, request: GenerationRequest) -> Ticket:
+        """Admit a validated request (capacity, then per-key limits) or raise 503/429."""
+        caller = caller_id(request.key_id)
         self.refuse_if_full()
-        admission = None
+        rate_lease = None
         if self._limiter is not None:
-            admission = await self._admit(chat, key_id, key, current_scope())
+            rate_lease = await self._charge(request, caller, current_scope())
         self.in_flight += 1
-        return Ticket(key, admission)
+        return Ticket(caller, rate_lease)
 
-    async def _admit(self, chat: ChatCompletionRequest, key_id: str | None, key: str,
-                     scope: RequestScope | None) -> Admission | None:
+    async def _charge(self, request: GenerationRequest, caller: str,
+                     scope: RequestScope | None) -> RateLease | None:
         model = self._config.model
-        tokens = estimate_tokens(chat, max_pixels=self._config.image.max_pixels,
+        key_id = request.key_id
+        tokens = estimate_tokens(request, max_pixels=self._config.image.max_pixels,
                                  default_max_tokens=min(model.default_max_tokens,
                                                         model.max_model_len))
-        images = len(chat.image_urls())
         try:
             async with asyncio.timeout(self._timeout):
-                admission: Admission = await self._limiter.admit.remote(key_id, tokens, images)
+                rate_lease: RateLease = await self._limiter.admit.remote(
+                    key_id, tokens, len(request.images))
         except TimeoutError:
             logger.warning("rate limiter did not answer in %.1fs; admitting %s unlimited",
-                           self._timeout, key)
+                           self._timeout, caller)
             return None
         except Exception as exc:  # noqa: BLE001 - 429s pass through; an absent limiter admits
             cause = unwrap(exc)
             if isinstance(cause, RateLimitError):
-                self._metrics.rate_limited.inc(tags={"key": key, "limit": cause.limit})
+                self._metrics.rate_limited.inc(tags={"key": caller, "limit": cause.limit})
                 if scope is not None:
                     scope.headers.update(await self._headers(key_id))
                 raise cause from None
-            logger.warning("rate limiter unavailable (%r); admitting %s unlimited", exc, key)
+            logger.warning("rate limiter unavailable (%r); admitting %s unlimited", exc, caller)
             return None
         if scope is not None:
-            scope.headers.update(admission.headers)
-        return admission
+            scope.headers.update(rate_lease.headers)
+        return rate_lease
 
     async def headers_for(self, scope: RequestScope) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers of a limited caller whose response did not pass
@@ -176,22 +178,23 @@ class Gatekeeper:
         self.in_flight -= 1
         if final is not None:
             tokens = self._metrics.tokens
-            tokens.inc(final.prompt_tokens, tags={"key": ticket.key, "kind": "prompt"})
-            tokens.inc(final.completion_tokens, tags={"key": ticket.key, "kind": "completion"})
+            tokens.inc(final.prompt_tokens, tags={"key": ticket.caller, "kind": "prompt"})
+            tokens.inc(final.completion_tokens, tags={"key": ticket.caller, "kind": "completion"})
             if final.outcome is not None:
                 tokens.inc(final.outcome.reasoning_tokens,
-                           tags={"key": ticket.key, "kind": "reasoning"})
-        admission = ticket.admission
-        if admission is not None and self._limiter is not None:
+                           tags={"key": ticket.caller, "kind": "reasoning"})
+        rate_lease = ticket.rate_lease
+        if rate_lease is not None and self._limiter is not None:
             used = None if final is None else final.prompt_tokens + final.completion_tokens
-            task = asyncio.get_running_loop().create_task(self._finish(admission, used))
+            task = asyncio.get_running_loop().create_task(self._finish(rate_lease, used))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _finish(self, admission: Admission, used: int | None) -> None:
+    async def _finish(self, rate_lease: RateLease, used: int | None) -> None:
         try:
             async with asyncio.timeout(5):
-                await self._limiter.finish.remote(admission.key, admission.lease,
-                                                  admission.reserved_tokens, used)
+                await self._limiter.finish.remote(rate_lease.caller, rate_lease.lease,
+                                                  rate_lease.reserved_tokens, used)
         except Exception as exc:  # noqa: BLE001 - the lease expires on its own
-            logger.warning("could not release a rate-limit lease of %s: %r", admission.key, exc)
+            logger.warning("could not release a rate-limit lease of %s: %r", rate_lease.caller,
+                           exc)

@@ -38,32 +38,33 @@ from serving.api.auth import ApiKeyAuthenticator, caller_id
 from serving.api.errors import validation_to_error
 from serving.api.http import image_headers, json_response, read_json_body
 from serving.api.limits import limit_kinds
+from serving.api.validation import check_model, validate_chat
 from serving.config import ServingConfig
 from serving.errors import (
-    ModelNotFoundError,
     QVQError,
     ServiceUnavailableError,
     replica_died,
     to_api_error,
     unwrap,
 )
-from serving.generate.reasoning.options import resolve_reasoning_options
-from serving.metrics import RouterMetrics
-from serving.preprocess.sources import request_image_urls
+from serving.messages import (
+    LIVE_PRIORITY,
+    GenerationEvent,
+    GenerationRequest,
+    PreparedImage,
+    completion_response,
+    usage_of,
+)
+from serving.metrics import ApiMetrics
 from serving.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
     Delta,
-    GenerationEvent,
-    GenerationRequest,
-    PreparedImage,
     Usage,
-    completion_response,
-    new_completion_id,
-    usage_of,
 )
+from serving.roles import chat_entry
 
 logger = logging.getLogger("qvq.chat")
 
@@ -99,12 +100,13 @@ async def with_retries(what: str, call: Callable[[], Any], retries: int,
 class Generation(Protocol):
     """Where a validated request is generated: here, or on a generator replica."""
 
-    async def complete(self, request: GenerationRequest, urls: list[str]) -> GenerationEvent:
-        """The whole answer as one ``final`` event (text, reasoning, counts, report)."""
+    async def complete(self, request: GenerationRequest,
+                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
+        """The whole answer as one ``final`` event (text, reasoning, counts, report).
+        ``priority``: LIVE_PRIORITY for API traffic, BATCH_PRIORITY for batch lines."""
         ...
 
-    async def open_stream(self, request: GenerationRequest,
-                          urls: list[str]) -> tuple[GenerationEvent, Batches]:
+    async def open_stream(self, request: GenerationRequest) -> tuple[GenerationEvent, Batches]:
         """Start a stream and wait for its ``accepted`` event; errors before it raise. The
         batches that follow end with the ``final`` event; closing them aborts generation."""
         ...
@@ -123,19 +125,19 @@ class LocalGeneration:
         self._pre = preprocessor
         self._retries = retries
 
-    async def _images(self, request: GenerationRequest,
-                      urls: list[str]) -> Sequence[PreparedImage]:
-        if not urls:
+    async def _images(self, request: GenerationRequest) -> Sequence[PreparedImage]:
+        if not request.images:
             return []
-        return await with_retries(request.request_id, lambda: self._pre.prepare.remote(urls),
-                                  self._retries)
+        sources = list(request.images)
+        return await with_retries(request.request_id,
+                                  lambda: self._pre.prepare.remote(sources), self._retries)
 
-    async def complete(self, request: GenerationRequest, urls: list[str]) -> GenerationEvent:
-        return await self._gen.complete(request, await self._images(request, urls))
+    async def complete(self, request: GenerationRequest,
+                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
+        return await self._gen.complete(request, await self._images(request), priority)
 
-    async def open_stream(self, request: GenerationRequest,
-                          urls: list[str]) -> tuple[GenerationEvent, Batches]:
-        events = self._gen.live_events(request, await self._images(request, urls))
+    async def open_stream(self, request: GenerationRequest) -> tuple[GenerationEvent, Batches]:
+        events = self._gen.live_events(request, await self._images(request))
         try:
             accepted = await events.__anext__()
         except BaseException:
@@ -164,21 +166,22 @@ class RemoteGeneration:
         self._pre = preprocessor
         self._retries = retries
 
-    def _images(self, urls: list[str]) -> Any:
-        return self._pre.prepare.remote(urls) if urls else []
+    def _images(self, request: GenerationRequest) -> Any:
+        return self._pre.prepare.remote(list(request.images)) if request.images else []
 
-    async def complete(self, request: GenerationRequest, urls: list[str]) -> GenerationEvent:
+    async def complete(self, request: GenerationRequest,
+                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
         return await with_retries(
             request.request_id,
-            lambda: self._gen.complete.remote(request, self._images(urls)), self._retries)
+            lambda: self._gen.complete.remote(request, self._images(request), priority),
+            self._retries)
 
-    async def open_stream(self, request: GenerationRequest,
-                          urls: list[str]) -> tuple[GenerationEvent, Batches]:
+    async def open_stream(self, request: GenerationRequest) -> tuple[GenerationEvent, Batches]:
         calls: list[Any] = []
 
         async def first() -> tuple[GenerationEvent, ...]:
-            calls.append(self._gen.options(stream=True).stream.remote(request,
-                                                                      self._images(urls)))
+            calls.append(self._gen.options(stream=True).stream.remote(
+                request, self._images(request)))
             return await calls[-1].__anext__()
 
         accepted, *early = await with_retries(request.request_id, first, self._retries,
@@ -253,11 +256,10 @@ class ChatEndpoint:
         keys = config.auth.resolve_keys()
         self._auth = ApiKeyAuthenticator(keys)
         known = [key.id for key in keys] or [None]  # None: the open API's anonymous caller
-        self.metrics = RouterMetrics({caller_id(key_id): limit_kinds(config.limits.for_key(key_id))
-                                      for key_id in known})
+        self.metrics = ApiMetrics({caller_id(key_id): limit_kinds(config.limits.for_key(key_id))
+                                   for key_id in known}, chat_entry=chat_entry(config))
         self.gate = Gatekeeper(config, limiter, self.metrics)
         self.max_body_bytes = config.server.max_request_body_bytes
-        self._model_ids = set(config.model.model_ids)
 
     def authenticate(self, request: Request) -> str | None:
         key_id = self._auth.authenticate(request.headers.get("authorization"))
@@ -267,24 +269,14 @@ class ChatEndpoint:
         return key_id
 
     def check_model(self, model_id: str) -> None:
-        if model_id not in self._model_ids:
-            raise ModelNotFoundError(f"The model {model_id!r} does not exist; this server "
-                                     f"serves {sorted(self._model_ids)}.", param="model")
+        check_model(self._config, model_id)
 
-    def _validate(self, chat: ChatCompletionRequest, key_id: str | None) -> list[str]:
-        self.check_model(chat.model)
-        resolve_reasoning_options(self._config.reasoning, chat, key_id)  # 400 before any work
-        return request_image_urls(chat.image_urls(),
-                                  max_images=self._config.image.max_images_per_request,
-                                  allowed_buckets=self._config.storage.allowed_source_buckets)
-
-    def _request(self, chat: ChatCompletionRequest, key_id: str | None,
-                 urls: list[str]) -> GenerationRequest:
-        if urls:
-            self.metrics.images.inc(len(urls), tags={"key": caller_id(key_id)})
-        return GenerationRequest(request_id=new_completion_id(),
-                                 chat=chat.without_image_data() if urls else chat,
-                                 key_id=key_id)
+    def validate(self, chat: ChatCompletionRequest, key_id: str | None) -> GenerationRequest:
+        """The one check before any hop (serving.api.validation), counted in the metrics."""
+        request = validate_chat(self._config, chat, key_id)
+        if request.images:
+            self.metrics.images.inc(len(request.images), tags={"key": caller_id(key_id)})
+        return request
 
     async def answer(self, request: Request) -> Response:
         """``POST /v1/chat/completions``, wherever it is served. Capacity is checked before
@@ -304,12 +296,11 @@ class ChatEndpoint:
 
     async def complete(self, chat: ChatCompletionRequest,
                        key_id: str | None) -> tuple[ChatCompletion, GenerationEvent]:
-        urls = self._validate(chat, key_id)
-        ticket = await self.gate.enter(chat, key_id)
+        request = self.validate(chat, key_id)
+        ticket = await self.gate.enter(request)
         final: GenerationEvent | None = None
-        request = self._request(chat, key_id, urls)
         try:
-            final = await self.generation.complete(request, urls)
+            final = await self.generation.complete(request)
         finally:
             self.gate.leave(ticket, final)
         return completion_response(request.request_id, request.created, chat.model, final), final
@@ -317,11 +308,10 @@ class ChatEndpoint:
     async def open_stream(self, chat: ChatCompletionRequest,
                           key_id: str | None) -> tuple[AsyncIterator[bytes], GenerationEvent]:
         """Start generation and wait for acceptance; errors before that raise (HTTP status)."""
-        urls = self._validate(chat, key_id)
-        ticket = await self.gate.enter(chat, key_id)
-        request = self._request(chat, key_id, urls)
+        request = self.validate(chat, key_id)
+        ticket = await self.gate.enter(request)
         try:
-            accepted, batches = await self.generation.open_stream(request, urls)
+            accepted, batches = await self.generation.open_stream(request)
         except BaseException:
             self.gate.leave(ticket, None)
             raise
@@ -363,9 +353,6 @@ class ChatEndpoint:
             yield b"data: " + json.dumps(api_exc.to_openai()).encode() + b"\n\n"
         finally:
             self.gate.leave(ticket, final)
-            if scope is not None:
-                self.metrics.latency.observe(time.monotonic() - scope.started,
-                                             tags={"route": scope.route})
         yield b"data: [DONE]\n\n"
 
     async def health(self) -> dict[str, str]:

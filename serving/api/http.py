@@ -1,25 +1,18 @@
-"""HTTP plumbing shared by the ingress deployments (the router, and the generator when it
-serves chat itself): bounded body readers, the route wrapper that maps every error to one
-OpenAI-style answer and keeps per-request scope, metrics and rate-limit headers, and the
-FastAPI app with our error handlers and OpenAPI document."""
+"""HTTP plumbing the routes share (:mod:`serving.api.routes`): bounded body readers (a body is
+refused with 413 as soon as it is known to be over its limit, before any parsing), uploads,
+JSON responses of pydantic models."""
 
 from __future__ import annotations
 
-import functools
 import json
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import Request
+from fastapi.responses import Response
 
-from serving.api.admission import Gatekeeper, close_scope, open_scope
-from serving.api.errors import error_response, install_error_handlers
-from serving.api.openapi import install_openapi
 from serving.errors import ImageError, InvalidRequestError, PayloadTooLargeError
+from serving.messages import GenerationEvent
 from serving.preprocess.sources import describe_size
-from serving.protocol import GenerationEvent
 
 
 def image_headers(event: GenerationEvent) -> dict[str, str]:
@@ -53,9 +46,13 @@ async def read_json_body(request: Request, cap: int) -> bytes:
 
 
 async def multipart_form(request: Request, body: bytes):
-    request._body = body  # starlette parses the form from the cached body
+    """The form of a multipart body already read (and size-capped) from ``request``: Starlette
+    parses it from a request that replays those bytes."""
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        return await request.form()
+        return await Request(request.scope, receive=replay).form()
     except Exception:  # noqa: BLE001 - malformed multipart from the client
         raise InvalidRequestError("malformed multipart form data") from None
 
@@ -106,54 +103,3 @@ async def upload_content_type(request: Request) -> str:
 
 def json_response(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
-
-
-def openai_errors(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """Every route answers errors through the one mapping (error_response), never a trace.
-
-    It also opens the request's :class:`RequestScope`: the rate-limit headers the route
-    collected go on the response, error or not, and the router's metrics count it (a stream's
-    latency is recorded when the stream ends).
-    """
-    @functools.wraps(route)
-    async def wrapper(*args: Any, **kwargs: Any) -> Response:
-        scope, token = open_scope(route.__name__)
-        try:
-            try:
-                response = await route(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - the one error mapping
-                response = error_response(exc)
-            # Serve's class-based FastAPI views pass the replica as keyword ``self``; its
-            # ``chat`` endpoint holds the admission gate and the API metrics
-            owner = args[0] if args else kwargs.get("self")
-            gate = getattr(getattr(owner, "chat", None), "gate", None)
-            if isinstance(gate, Gatekeeper):
-                if not scope.headers:  # not charged by admission: look the key's limits up
-                    scope.headers.update(await gate.headers_for(scope))
-                response.headers.update(scope.headers)
-                metrics = owner.chat.metrics
-                metrics.requests.inc(tags={"route": scope.route,
-                                           "status": str(response.status_code),
-                                           "key": scope.key})
-                if not isinstance(response, StreamingResponse):
-                    metrics.latency.observe(time.monotonic() - scope.started,
-                                            tags={"route": scope.route})
-            return response
-        finally:
-            close_scope(token)
-    return wrapper
-
-
-def build_api(model_ids: list[str] | None = None, *, docs: bool = True) -> FastAPI:
-    """Our FastAPI app: errors through the one mapping; with ``docs``, ``/openapi.json`` with
-    the request bodies the routes really take (the chat app at ``/v1/chat`` has none: the
-    router's document describes every route, chat included)."""
-    if not docs:
-        api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-        install_error_handlers(api)
-        return api
-    api = FastAPI(title="qvq-serving", version="0.1.0",
-                  description="OpenAI-compatible API for QVQ-72B-Preview")
-    install_error_handlers(api)
-    install_openapi(api, model_ids)
-    return api

@@ -67,10 +67,11 @@ class KeyState:
 
 
 @dataclass(frozen=True)
-class Admission:
-    """An admitted request: its lease (concurrency), its token reservation and the headers."""
+class RateLease:
+    """A request charged to its caller's limits: its concurrency lease, its token reservation
+    and the ``x-ratelimit-*`` headers; settled by :meth:`RateLimits.finish`."""
 
-    key: str
+    caller: str
     lease: str | None
     reserved_tokens: int
     headers: dict[str, str]
@@ -98,8 +99,8 @@ class LimitBook:
         self._clock = clock
         self._keys: dict[str, KeyState] = {}
 
-    def _state(self, key: str, limits: KeyLimits, now: float) -> KeyState:
-        state = self._keys.setdefault(key, KeyState())
+    def _state(self, caller: str, limits: KeyLimits, now: float) -> KeyState:
+        state = self._keys.setdefault(caller, KeyState())
         for kind, attr in _KINDS:
             capacity = getattr(limits, attr)
             bucket = state.buckets.get(kind)
@@ -112,18 +113,18 @@ class LimitBook:
         state.leases = {k: t for k, t in state.leases.items() if t > now}
         return state
 
-    def admit(self, key_id: str | None, *, tokens: int, images: int) -> Admission:
+    def admit(self, key_id: str | None, *, tokens: int, images: int) -> RateLease:
         """Charge one request, or raise RateLimitError naming the full limit."""
-        key = caller_id(key_id)
+        caller = caller_id(key_id)
         limits = self._config.for_key(key_id)
         now = self._clock()
-        state = self._state(key, limits, now)
+        state = self._state(caller, limits, now)
         wanted = {"requests": 1, "tokens": tokens, "images": images}
         if limits.concurrent_requests is not None \
                 and len(state.leases) >= limits.concurrent_requests:
             soonest = min(state.leases.values()) - now
             raise RateLimitError(
-                f"Rate limit reached for key {key!r} on concurrent requests: limit "
+                f"Rate limit reached for key {caller!r} on concurrent requests: limit "
                 f"{limits.concurrent_requests}, in flight {len(state.leases)}. Wait for one "
                 "to finish.", limit="concurrency", retry_after_s=min(max(soonest, 1.0), 5.0))
         for kind, bucket in state.buckets.items():
@@ -131,13 +132,13 @@ class LimitBook:
             if amount > bucket.capacity:
                 what = "max_tokens or the prompt" if kind == "tokens" else "the images"
                 raise RateLimitError(
-                    f"Request too large for key {key!r} on {kind} per minute: limit "
+                    f"Request too large for key {caller!r} on {kind} per minute: limit "
                     f"{bucket.capacity}, requested {amount}. Reduce {what} or ask for a "
                     "higher limit.", limit=kind, retry_after_s=WINDOW_S)
             if bucket.level < amount:
                 wait = bucket.wait_for(amount)
                 raise RateLimitError(
-                    f"Rate limit reached for key {key!r} on {kind} per minute: limit "
+                    f"Rate limit reached for key {caller!r} on {kind} per minute: limit "
                     f"{bucket.capacity}, remaining {math.floor(bucket.level)}, requested "
                     f"{amount}. Retry in {format_reset(wait)}.", limit=kind, retry_after_s=wait)
         for kind, bucket in state.buckets.items():
@@ -146,13 +147,13 @@ class LimitBook:
         if limits.concurrent_requests is not None:
             lease = uuid.uuid4().hex
             state.leases[lease] = now + self._ttl
-        return Admission(key, lease, tokens if "tokens" in state.buckets else 0,
+        return RateLease(caller, lease, tokens if "tokens" in state.buckets else 0,
                          self._headers(state, limits))
 
-    def finish(self, key: str, lease: str | None, reserved_tokens: int,
+    def finish(self, caller: str, lease: str | None, reserved_tokens: int,
                used_tokens: int | None) -> None:
         """End a request: free its lease, settle its token reservation with the real usage."""
-        state = self._keys.get(key)
+        state = self._keys.get(caller)
         if state is None:
             return
         if lease is not None:
@@ -163,9 +164,9 @@ class LimitBook:
             bucket.level = min(bucket.capacity, bucket.level + reserved_tokens - used_tokens)
 
     def headers(self, key_id: str | None) -> dict[str, str]:
-        key = caller_id(key_id)
+        caller = caller_id(key_id)
         limits = self._config.for_key(key_id)
-        return self._headers(self._state(key, limits, self._clock()), limits)
+        return self._headers(self._state(caller, limits, self._clock()), limits)
 
     @staticmethod
     def _headers(state: KeyState, limits: KeyLimits) -> dict[str, str]:
@@ -187,12 +188,12 @@ class RateLimiter:
     def __init__(self, config: ServingConfig):
         self._book = LimitBook(config.limits, lease_ttl_s=config.server.request_timeout_s + 60)
 
-    async def admit(self, key_id: str | None, tokens: int, images: int) -> Admission:
+    async def admit(self, key_id: str | None, tokens: int, images: int) -> RateLease:
         return self._book.admit(key_id, tokens=tokens, images=images)
 
-    async def finish(self, key: str, lease: str | None, reserved_tokens: int,
+    async def finish(self, caller: str, lease: str | None, reserved_tokens: int,
                      used_tokens: int | None) -> None:
-        self._book.finish(key, lease, reserved_tokens, used_tokens)
+        self._book.finish(caller, lease, reserved_tokens, used_tokens)
 
     async def headers(self, key_id: str | None) -> dict[str, str]:
         return self._book.headers(key_id)

@@ -1,9 +1,11 @@
 """The OpenAPI document at ``/openapi.json``, with the request bodies our routes really take.
 
 Routes read their bodies themselves (to cap the size before parsing and to map every error to
-one OpenAI-style shape), so FastAPI cannot see the body models; this fills them in from the same
-pydantic models the routes validate with, plus the bearer-key security scheme. API fuzzing
-(schemathesis) and client generators read it.
+one OpenAI-style shape), so FastAPI cannot see the body models: each route declares its body
+where it is defined (``openapi_extra=json_body(Model)`` or ``request_body(content)``), from the
+same pydantic models it validates with. :func:`install_openapi` moves the models' schemas to
+``components`` and adds the bearer-key security scheme. API fuzzing (schemathesis) and client
+generators read it.
 """
 
 from __future__ import annotations
@@ -14,30 +16,33 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from serving.protocol import BatchCreateRequest, ChatCompletionRequest
-
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-def _bodies(ref) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        ("/v1/chat/completions", "post"): {"application/json": {"schema": ref(
-            ChatCompletionRequest)}},
-        ("/v1/batches", "post"): {"application/json": {"schema": ref(BatchCreateRequest)}},
-        ("/v1/images", "post"): {"image/png": _BINARY, "image/jpeg": _BINARY,
-                                 "application/octet-stream": _BINARY,
-                                 "multipart/form-data": {"schema": {
-                                     "type": "object", "required": ["file"],
-                                     "properties": {"file": {"type": "string",
-                                                             "format": "binary"}}}}},
-        ("/v1/images/uploads", "post"): {"application/json": {"schema": {
-            "type": "object", "additionalProperties": False,
-            "properties": {"content_type": {"type": "string"}}}}},
-        ("/v1/files", "post"): {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file", "purpose"],
-            "properties": {"file": {"type": "string", "format": "binary"},
-                           "purpose": {"type": "string", "enum": ["batch"]}}}}},
-    }
+def request_body(content: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """A route's ``openapi_extra`` declaring its body: media type -> schema."""
+    return {"requestBody": {"required": required, "content": content}}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A JSON body validated with ``model`` (its schema goes to ``components``)."""
+    return request_body({"application/json": {"schema": model.model_json_schema(
+        ref_template=REF_TEMPLATE)}})
+
+
+def _hoist_models(schema: dict[str, Any]) -> None:
+    """Each inline body model becomes ``components.schemas.<title>`` and a ``$ref``."""
+    models = schema.setdefault("components", {}).setdefault("schemas", {})
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                body = media.get("schema", {})
+                if "title" not in body or body.get("type") != "object":
+                    continue
+                body = dict(body)
+                models.update(body.pop("$defs", {}))
+                models[body["title"]] = body
+                media["schema"] = {"$ref": REF_TEMPLATE.format(model=body["title"])}
 
 
 def install_openapi(api: FastAPI, model_ids: list[str] | None = None) -> None:
@@ -47,23 +52,13 @@ def install_openapi(api: FastAPI, model_ids: list[str] | None = None) -> None:
             return api.openapi_schema
         schema = get_openapi(title=api.title, version=api.version,
                              description=api.description, routes=api.routes)
-        components = schema.setdefault("components", {})
-        models = components.setdefault("schemas", {})
-
-        def ref(model: type[BaseModel]) -> dict[str, str]:
-            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            models.update(body.pop("$defs", {}))
-            models[model.__name__] = body
-            return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-        for (path, method), content in _bodies(ref).items():
-            operation = schema["paths"].get(path, {}).get(method)
-            if operation is not None:
-                operation["requestBody"] = {"required": path != "/v1/images/uploads",
-                                            "content": content}
-        if model_ids:
-            models["ChatCompletionRequest"]["properties"]["model"]["enum"] = list(model_ids)
-        components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        _hoist_models(schema)
+        models = schema["components"]["schemas"]
+        chat = models.get("ChatCompletionRequest")
+        if model_ids and chat is not None:
+            chat["properties"]["model"]["enum"] = list(model_ids)
+        schema["components"]["securitySchemes"] = {"apiKey": {"type": "http",
+                                                              "scheme": "bearer"}}
         schema["security"] = [{"apiKey": []}]
         api.openapi_schema = schema
         return schema

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
+from serving.batch.record import TERMINAL
 
 
 class BatchClient:

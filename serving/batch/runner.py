@@ -21,16 +21,17 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.batch.store import TERMINAL, BatchStore
+from serving.api.chat import RemoteGeneration
+from serving.api.validation import validate_chat
+from serving.batch.record import BatchRecord, BatchStatus, RequestCounts
+from serving.batch.store import BatchStore
 from serving.batch.validate import parse_batch_input
 from serving.config import ServingConfig
 from serving.errors import NotFoundError, to_api_error
-from serving.generate.generator import BATCH_PRIORITY
-from serving.generate.reasoning.options import resolve_reasoning_options
 from serving.logs import route_to_serve_logs
+from serving.messages import BATCH_PRIORITY, completion_response
 from serving.metrics import BatchMetrics
-from serving.preprocess.sources import request_image_urls
-from serving.protocol import ChatCompletionRequest, GenerationRequest, completion_response
+from serving.protocol import ChatCompletionRequest
 from serving.roles import BATCH_RUNNER, generator_handle
 from serving.storage.factory import open_store
 from serving.storage.files import FileStore
@@ -51,9 +52,10 @@ class BatchRunner:
         route_to_serve_logs()
         self._config = config
         self._cfg = config.batch
-        self._pre = preprocessor
         # None: the generator is the ingress of its own application, reached by name
         self._gen = generator or generator_handle(config)
+        self._generation = RemoteGeneration(self._gen, preprocessor,
+                                            config.server.replica_failure_retries)
         store = open_store(config.storage)
         self._batches = BatchStore(store)
         self._files = FileStore(store, max_bytes=config.files.max_file_bytes,
@@ -112,14 +114,14 @@ class BatchRunner:
     async def _drive(self, owner: str, batch_id: str) -> None:
         try:
             batch = await asyncio.to_thread(self._batches.load, owner, batch_id)
-            if batch["status"] in TERMINAL:
+            if batch.terminal:
                 await asyncio.to_thread(self._batches.deactivate, batch_id)
                 return
-            if batch["status"] == "validating":
+            if batch.status == BatchStatus.VALIDATING:
                 batch = await self._validate(batch)
-                if batch["status"] == "failed":
+                if batch.status == BatchStatus.FAILED:
                     return
-            if batch["status"] == "in_progress":
+            if batch.status == BatchStatus.IN_PROGRESS:
                 batch = await self._execute(batch)
             await self._finalize(batch)
         except NotFoundError:
@@ -127,75 +129,73 @@ class BatchRunner:
         except Exception:  # noqa: BLE001 - retried on the next scan
             logger.exception("batch %s failed this round; will retry", batch_id)
 
-    async def _validate(self, batch: dict[str, Any]) -> dict[str, Any]:
-        owner = batch["owner"]
+    async def _validate(self, batch: BatchRecord) -> BatchRecord:
+        owner = batch.owner
         try:
-            data = await asyncio.to_thread(self._files.content, owner, batch["input_file_id"])
+            data = await asyncio.to_thread(self._files.content, owner, batch.input_file_id)
         except NotFoundError:
             return await self._fail(batch, [{"code": "file_not_found", "line": None,
                                              "param": "input_file_id",
                                              "message": "input file not found"}])
-        reasoning = self._config.reasoning
         lines, errors = await asyncio.to_thread(
             parse_batch_input, data, max_lines=self._cfg.max_lines,
             max_bytes=self._cfg.max_input_bytes, model_ids=self._model_ids,
-            check=lambda chat: resolve_reasoning_options(reasoning, chat, owner))
+            check=lambda chat: validate_chat(self._config, chat, owner))
         if errors:
             return await self._fail(batch, [e.to_dict() for e in errors])
         await asyncio.to_thread(self._batches.write_input, batch, [line.raw for line in lines])
         chunk = self._cfg.chunk_size
-        batch.update(status="in_progress", in_progress_at=int(time.time()), chunk_size=chunk,
-                     total_chunks=(len(lines) + chunk - 1) // chunk,
-                     request_counts={"total": len(lines), "completed": 0, "failed": 0})
+        batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, int(time.time())
+        batch.chunk_size, batch.total_chunks = chunk, (len(lines) + chunk - 1) // chunk
+        batch.request_counts = RequestCounts(total=len(lines))
         await asyncio.to_thread(self._batches.save, batch)
         return batch
 
-    async def _fail(self, batch: dict[str, Any], errors: list[dict]) -> dict[str, Any]:
-        batch.update(status="failed", failed_at=int(time.time()),
-                     errors={"object": "list", "data": errors})
+    async def _fail(self, batch: BatchRecord, errors: list[dict]) -> BatchRecord:
+        batch.status, batch.failed_at = BatchStatus.FAILED, int(time.time())
+        batch.errors = {"object": "list", "data": errors}
         await asyncio.to_thread(self._batches.save, batch)
-        await asyncio.to_thread(self._batches.deactivate, batch["id"])
+        await asyncio.to_thread(self._batches.deactivate, batch.id)
         return batch
 
-    async def _execute(self, batch: dict[str, Any]) -> dict[str, Any]:
+    async def _execute(self, batch: BatchRecord) -> BatchRecord:
         lines = await asyncio.to_thread(self._batches.read_input, batch)
         done = await asyncio.to_thread(self._batches.done_chunks, batch)
-        size = batch["chunk_size"]
-        for chunk in range(batch["total_chunks"]):
+        size = batch.chunk_size
+        for chunk in range(batch.total_chunks):
             if chunk in done:
                 continue
             stop = await self._stop_reason(batch)
             if stop:
-                batch["status"] = stop
+                batch.status = stop
                 break
             results = await asyncio.gather(*(self._run_line(batch, raw)
                                              for raw in lines[chunk * size:(chunk + 1) * size]))
             await asyncio.to_thread(self._batches.write_part, batch, chunk, list(results))
             failed = sum(1 for r in results if r["response"]["status_code"] != 200)
             done[chunk] = (len(results) - failed, failed)
-            batch["request_counts"].update(completed=sum(c for c, _ in done.values()),
-                                           failed=sum(f for _, f in done.values()))
+            counts = batch.request_counts
+            counts.completed = sum(c for c, _ in done.values())
+            counts.failed = sum(f for _, f in done.values())
             self._metrics.lines.inc(len(results) - failed, tags={"status": "completed"})
             if failed:
                 self._metrics.lines.inc(failed, tags={"status": "failed"})
-            counts = batch["request_counts"]
-            self._remaining[batch["id"]] = counts["total"] - counts["completed"] \
-                - counts["failed"]
+            self._remaining[batch.id] = counts.total - counts.completed - counts.failed
             self._metrics.remaining.set(sum(self._remaining.values()))
             await asyncio.to_thread(self._batches.save, batch)  # the checkpoint
         return batch
 
-    async def _stop_reason(self, batch: dict[str, Any]) -> str | None:
-        if time.time() > batch["expires_at"]:
-            return "expired"
+    async def _stop_reason(self, batch: BatchRecord) -> BatchStatus | None:
+        if time.time() > batch.expires_at:
+            return BatchStatus.EXPIRED
         if await asyncio.to_thread(self._batches.cancel_requested, batch):
-            return "cancelling"
+            return BatchStatus.CANCELLING
         return None
 
-    async def _finalize(self, batch: dict[str, Any]) -> None:
-        ending = batch["status"]
-        if ending == "in_progress":
-            batch.update(status="finalizing", finalizing_at=int(time.time()))
+    async def _finalize(self, batch: BatchRecord) -> None:
+        ending = batch.status
+        if ending == BatchStatus.IN_PROGRESS:
+            batch.status, batch.finalizing_at = BatchStatus.FINALIZING, int(time.time())
             await asyncio.to_thread(self._batches.save, batch)
         results = await asyncio.to_thread(self._batches.read_parts, batch)
         for kind, rows in (("output", [r for r in results
@@ -204,19 +204,21 @@ class BatchRunner:
                                       if r["response"]["status_code"] != 200])):
             if rows:
                 created = await asyncio.to_thread(
-                    self._files.create, batch["owner"],
+                    self._files.create, batch.owner,
                     "".join(json.dumps(r) + "\n" for r in rows).encode(),
-                    filename=f"{batch['id']}_{kind}.jsonl", purpose="batch_output",
-                    file_id=output_file_id(batch["id"], kind))
-                batch[f"{kind}_file_id"] = created.id
+                    filename=f"{batch.id}_{kind}.jsonl", purpose="batch_output",
+                    file_id=output_file_id(batch.id, kind))
+                setattr(batch, f"{kind}_file_id", created.id)
         now = int(time.time())
-        final = {"cancelling": "cancelled", "expired": "expired"}.get(ending, "completed")
-        batch.update(status=final, **{f"{final}_at": now})
+        final = {BatchStatus.CANCELLING: BatchStatus.CANCELLED,
+                 BatchStatus.EXPIRED: BatchStatus.EXPIRED}.get(ending, BatchStatus.COMPLETED)
+        batch.status = final
+        setattr(batch, f"{final.value}_at", now)
         await asyncio.to_thread(self._batches.save, batch)
-        await asyncio.to_thread(self._batches.deactivate, batch["id"])
-        self._remaining.pop(batch["id"], None)
+        await asyncio.to_thread(self._batches.deactivate, batch.id)
+        self._remaining.pop(batch.id, None)
         self._metrics.remaining.set(sum(self._remaining.values()))
-        logger.info("batch %s %s: %s", batch["id"], final, batch["request_counts"])
+        logger.info("batch %s %s: %s", batch.id, final.value, batch.request_counts)
 
     # ---------------------------------------------------------------- one request
 
@@ -244,7 +246,7 @@ class BatchRunner:
         self._in_flight -= 1
         self._slots.release()
 
-    async def _run_line(self, batch: dict[str, Any], raw: str) -> dict[str, Any]:
+    async def _run_line(self, batch: BatchRecord, raw: str) -> dict[str, Any]:
         obj = json.loads(raw)
         request_id = "batch_req_" + uuid.uuid4().hex
         result = {"id": request_id, "custom_id": obj["custom_id"], "error": None}
@@ -267,16 +269,13 @@ class BatchRunner:
                 self._release()
         raise AssertionError("unreachable")
 
-    async def _generate(self, batch: dict[str, Any], body: dict, request_id: str) -> dict:
+    async def _generate(self, batch: BatchRecord, body: dict, request_id: str) -> dict:
+        """One line through the same path as a live request (validate_chat, then the
+        generation the router uses), at batch priority. The line was checked when the batch
+        was validated; this parses the stored copy, which is what survives a restart."""
         chat = ChatCompletionRequest.model_validate(body)
-        urls = request_image_urls(chat.image_urls(),
-                                  max_images=self._config.image.max_images_per_request,
-                                  allowed_buckets=self._config.storage.allowed_source_buckets)
-        images: Any = self._pre.prepare.remote(urls) if urls else []
-        request = GenerationRequest(request_id=request_id,
-                                    chat=chat.without_image_data() if urls else chat,
-                                    key_id=batch["owner"])
-        final = await self._gen.complete.remote(request, images, BATCH_PRIORITY)
+        request = validate_chat(self._config, chat, batch.owner, request_id=request_id)
+        final = await self._generation.complete(request, BATCH_PRIORITY)
         return completion_response(request_id, request.created, chat.model,
                                    final).model_dump(mode="json")
 

@@ -6,9 +6,11 @@ Layout::
     batches/<owner>/<batch id>/parts/<n>.jsonl   results of chunk n, written once it is whole
     batches/_active/<batch id>                   marker: a job the runner must drive (owner)
 
-A chunk's results land in one atomic write, so after a crash a chunk is either complete or
-absent: the runner resumes by skipping the chunks that exist, and the final output, assembled
-from the parts in order, holds every custom_id exactly once.
+``<owner>`` is the caller that created the batch (:func:`serving.api.auth.caller_id`: its key
+id, ``anonymous`` on an open API). A chunk's results land in one atomic write, so after a
+crash a chunk is either complete or absent: the runner resumes by skipping the chunks that
+exist, and the final output, assembled from the parts in order, holds every custom_id exactly
+once.
 """
 
 from __future__ import annotations
@@ -16,35 +18,14 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from typing import Any
 
+from serving.batch.record import BatchRecord, BatchStatus
 from serving.errors import InvalidRequestError, NotFoundError
 from serving.storage.base import ObjectNotFound, ObjectStore
 
 BATCH_ID_RE = re.compile(r"^batch_[0-9a-f]{32}$")
 ACTIVE_PREFIX = "batches/_active/"
-TERMINAL = {"completed", "failed", "expired", "cancelled"}
-PRIVATE = ("owner", "chunk_size", "total_chunks")
-
-
-def new_batch(owner: str, *, input_file_id: str, endpoint: str, completion_window: str,
-              metadata: dict[str, str] | None, window_s: int) -> dict[str, Any]:
-    now = int(time.time())
-    return {
-        "id": "batch_" + uuid.uuid4().hex, "object": "batch", "endpoint": endpoint,
-        "errors": None, "input_file_id": input_file_id, "completion_window": completion_window,
-        "status": "validating", "output_file_id": None, "error_file_id": None,
-        "created_at": now, "in_progress_at": None, "expires_at": now + window_s,
-        "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
-        "cancelling_at": None, "cancelled_at": None,
-        "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        "metadata": metadata or None, "owner": owner, "chunk_size": 0, "total_chunks": 0,
-    }
-
-
-def public(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k not in PRIVATE}
 
 
 class BatchStore:
@@ -55,42 +36,42 @@ class BatchStore:
     def _prefix(owner: str, batch_id: str) -> str:
         return f"batches/{owner}/{batch_id}/"
 
-    def save(self, batch: dict[str, Any]) -> None:
-        self.store.put(self._prefix(batch["owner"], batch["id"]) + "batch.json",
-                       json.dumps(batch).encode(), content_type="application/json")
+    def save(self, batch: BatchRecord) -> None:
+        self.store.put(self._prefix(batch.owner, batch.id) + "batch.json",
+                       batch.model_dump_json().encode(), content_type="application/json")
 
-    def create(self, batch: dict[str, Any]) -> None:
+    def create(self, batch: BatchRecord) -> None:
         self.save(batch)
-        self.store.put(ACTIVE_PREFIX + batch["id"], batch["owner"].encode(),
+        self.store.put(ACTIVE_PREFIX + batch.id, batch.owner.encode(),
                        content_type="text/plain")
 
-    def load(self, owner: str, batch_id: str) -> dict[str, Any]:
+    def load(self, owner: str, batch_id: str) -> BatchRecord:
         if not BATCH_ID_RE.match(batch_id):
             raise NotFoundError(f"No such batch: {batch_id!r}", param="batch_id")
         try:
             data = self.store.get(self._prefix(owner, batch_id) + "batch.json")
         except ObjectNotFound:
             raise NotFoundError(f"No such batch: {batch_id!r}", param="batch_id") from None
-        return json.loads(data)
+        return BatchRecord.model_validate_json(data)
 
-    def request_cancel(self, batch: dict[str, Any]) -> None:
+    def request_cancel(self, batch: BatchRecord) -> None:
         """A separate object, so it never races the runner's writes of batch.json."""
-        self.store.put(self._prefix(batch["owner"], batch["id"]) + "cancel",
+        self.store.put(self._prefix(batch.owner, batch.id) + "cancel",
                        str(int(time.time())).encode(), content_type="text/plain")
 
-    def cancel_requested(self, batch: dict[str, Any]) -> int | None:
-        info = self.store.head(self._prefix(batch["owner"], batch["id"]) + "cancel")
+    def cancel_requested(self, batch: BatchRecord) -> int | None:
+        info = self.store.head(self._prefix(batch.owner, batch.id) + "cancel")
         if info is None:
             return None
-        return int(self.store.get(self._prefix(batch["owner"], batch["id"]) + "cancel"))
+        return int(self.store.get(self._prefix(batch.owner, batch.id) + "cancel"))
 
-    def view(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def view(self, batch: BatchRecord) -> dict[str, Any]:
         """The batch as clients see it: a pending cancel shows as ``cancelling``."""
-        out = public(batch)
-        if out["status"] not in TERMINAL:
+        out = batch.public()
+        if not batch.terminal:
             requested = self.cancel_requested(batch)
             if requested is not None:
-                out.update(status="cancelling", cancelling_at=requested)
+                out.update(status=BatchStatus.CANCELLING.value, cancelling_at=requested)
         return out
 
     def deactivate(self, batch_id: str) -> None:
@@ -113,42 +94,42 @@ class BatchStore:
         ids = {k[len(prefix):].split("/", 1)[0] for k in self.store.list_keys(prefix)
                if k.endswith("/batch.json")}
         batches = sorted((self.load(owner, i) for i in ids if BATCH_ID_RE.match(i)),
-                         key=lambda b: (b["created_at"], b["id"]), reverse=True)
+                         key=lambda b: (b.created_at, b.id), reverse=True)
         if after:
-            order = [b["id"] for b in batches]
+            order = [b.id for b in batches]
             if after not in order:
                 raise InvalidRequestError(f"after={after!r} is not a batch in this listing",
                                           param="after")
             batches = batches[order.index(after) + 1:]
         page = batches[:limit]
         return {"object": "list", "data": [self.view(b) for b in page],
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None, "has_more": len(batches) > limit}
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None, "has_more": len(batches) > limit}
 
     # ---------------------------------------------------------------- input and parts
 
-    def write_input(self, batch: dict[str, Any], lines: list[str]) -> None:
+    def write_input(self, batch: BatchRecord, lines: list[str]) -> None:
         """The validated lines, so resumption never depends on the input file staying put."""
-        self.store.put(self._prefix(batch["owner"], batch["id"]) + "input.jsonl",
+        self.store.put(self._prefix(batch.owner, batch.id) + "input.jsonl",
                        "\n".join(lines).encode(), content_type="application/jsonl")
 
-    def read_input(self, batch: dict[str, Any]) -> list[str]:
-        data = self.store.get(self._prefix(batch["owner"], batch["id"]) + "input.jsonl")
+    def read_input(self, batch: BatchRecord) -> list[str]:
+        data = self.store.get(self._prefix(batch.owner, batch.id) + "input.jsonl")
         return data.decode().split("\n") if data else []
 
-    def part_key(self, batch: dict[str, Any], chunk: int) -> str:
-        return self._prefix(batch["owner"], batch["id"]) + f"parts/{chunk:06d}.jsonl"
+    def part_key(self, batch: BatchRecord, chunk: int) -> str:
+        return self._prefix(batch.owner, batch.id) + f"parts/{chunk:06d}.jsonl"
 
-    def write_part(self, batch: dict[str, Any], chunk: int, results: list[dict]) -> None:
+    def write_part(self, batch: BatchRecord, chunk: int, results: list[dict]) -> None:
         body = "".join(json.dumps(r) + "\n" for r in results).encode()
         failed = sum(1 for r in results if r["response"]["status_code"] != 200)
         self.store.put(self.part_key(batch, chunk), body, content_type="application/jsonl",
                        metadata={"completed": str(len(results) - failed),
                                  "failed": str(failed)})
 
-    def done_chunks(self, batch: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    def done_chunks(self, batch: BatchRecord) -> dict[int, tuple[int, int]]:
         """chunk -> (completed, failed) for every chunk already written."""
-        prefix = self._prefix(batch["owner"], batch["id"]) + "parts/"
+        prefix = self._prefix(batch.owner, batch.id) + "parts/"
         done = {}
         for key in self.store.list_keys(prefix):
             info = self.store.head(key)
@@ -159,9 +140,9 @@ class BatchStore:
                            int(info.metadata.get("failed", 0)))
         return done
 
-    def read_parts(self, batch: dict[str, Any]) -> list[dict]:
+    def read_parts(self, batch: BatchRecord) -> list[dict]:
         results = []
-        for chunk in range(batch["total_chunks"]):
+        for chunk in range(batch.total_chunks):
             try:
                 data = self.store.get(self.part_key(batch, chunk))
             except ObjectNotFound:

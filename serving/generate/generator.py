@@ -21,30 +21,31 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from fastapi import Request
-from fastapi.responses import Response
 from ray import serve
 
 from serving.config import ServingConfig
 from serving.errors import InvalidRequestError
+from serving.generate.engine.args import engine_env
 from serving.generate.engine.protocol import Engine, SamplingOptions
-from serving.generate.engine.vllm_engine import VLLMEngine, engine_env
+from serving.generate.engine.vllm_engine import VLLMEngine
 from serving.generate.prompt import PromptBuilder, RenderedPrompt
-from serving.generate.reasoning.options import resolve_reasoning_options
 from serving.generate.reasoning.session import Next, ReasoningSession
 from serving.generate.reasoning.vocab import filler_token_ids
 from serving.generate.streaming import coalesce
 from serving.logs import route_to_serve_logs
+from serving.messages import (
+    LIVE_PRIORITY,
+    GenerationEvent,
+    GenerationRequest,
+    PreparedImage,
+)
 from serving.metrics import GeneratorMetrics
-from serving.protocol import GenerationEvent, GenerationRequest, PreparedImage
 from serving.roles import GENERATOR
 
 logger = logging.getLogger("qvq.generator")
 
 EngineFactory = Callable[[ServingConfig], Engine]
 
-LIVE_PRIORITY = 0
-BATCH_PRIORITY = 10  # vLLM serves lower values first
 
 
 def _load_tokenizer(path: str):
@@ -80,7 +81,8 @@ class QVQGenerator:
             stop=tuple(chat.stop or ()), seed=chat.seed,
             presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
             min_tokens=chat.min_tokens, ignore_eos=chat.ignore_eos,
-            logit_bias=self._logit_bias(chat.logit_bias))
+            logit_bias=self._logit_bias(chat.logit_bias), top_k=chat.top_k, min_p=chat.min_p,
+            repetition_penalty=chat.repetition_penalty)
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         """Token ids checked against this model's vocabulary before the request is accepted
@@ -102,8 +104,7 @@ class QVQGenerator:
         thinking budget runs out (the second continues after the final-answer cue)."""
         started = time.monotonic()
         rendered = self._prompts.render(request.chat, images)
-        options = resolve_reasoning_options(self._config.reasoning, request.chat,
-                                            request.key_id)
+        options = request.reasoning  # resolved once, at the edge
         sampling = self._options(request, rendered)
         yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
                               image_cache=tuple(i.cache for i in images))
@@ -277,26 +278,23 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
 
 
 def _chat_ingress() -> type:
-    """QVQGenerator with the chat completions route: generation runs in this process
-    (:class:`serving.api.chat.LocalGeneration`), images come from the preprocessor. (FastAPI
-    reads the route's annotations by name: ``Request`` and ``Response`` are module globals.)"""
-    from serving.api.chat import ChatEndpoint, LocalGeneration
-    from serving.api.http import build_api, openai_errors
+    """QVQGenerator serving chat completions itself: generation runs in this process
+    (:class:`serving.api.chat.LocalGeneration`), images come from the preprocessor. Serve
+    builds the app after the constructor (``__serve_build_asgi_app__``), so it holds this
+    replica's own services."""
+    from serving.api.chat import LocalGeneration
+    from serving.api.ingress import build_chat_app
     from serving.roles import limiter_handle, preprocessor_handle
 
-    api = build_api(docs=False)
-
-    @serve.ingress(api)
+    @serve.ingress()
     class QVQGeneratorIngress(QVQGenerator):
         def __init__(self, config: ServingConfig, engine_factory: EngineFactory | None = None):
             super().__init__(config, engine_factory)
             generation = LocalGeneration(self, preprocessor_handle(config),
                                          config.server.replica_failure_retries)
-            self.chat = ChatEndpoint(config, generation, limiter_handle(config))
+            self._app = build_chat_app(config, generation, limiter_handle(config))
 
-        @api.post("/completions")
-        @openai_errors
-        async def chat_completions(self, request: Request) -> Response:
-            return await self.chat.answer(request)
+        def __serve_build_asgi_app__(self):
+            return self._app
 
     return QVQGeneratorIngress

@@ -14,12 +14,12 @@ from typing import Any
 
 from serving.config import ModelConfig
 from serving.errors import ContextLengthError, InvalidRequestError
+from serving.messages import PreparedImage
 from serving.preprocess.geometry import visual_tokens
 from serving.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     ImagePart,
-    PreparedImage,
     SystemMessage,
     TextPart,
 )

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
 
-from serving.protocol import GenerationEvent
+from serving.messages import GenerationEvent
 
 _END = object()
 

@@ -20,7 +20,6 @@ from serving.errors import QVQError
 from serving.kube.cluster import KubeError, ScaleError, ServiceProxyTransport, connect
 from serving.kube.rayservice import (
     API_PORT,
-    DEPLOYMENT_NAMES,
     DEPLOYMENT_ROLES,
     RayServices,
     api_service_name,
@@ -32,6 +31,7 @@ from serving.kube.rayservice import (
     summarize,
     worker_groups,
 )
+from serving.roles import SECTION_OF
 
 PROG = "kubectl qvq"
 API_KEY_ENVS = ("QVQ_API_KEY", "OPENAI_API_KEY")
@@ -151,12 +151,11 @@ def _config(args: argparse.Namespace) -> int:
     _, rs = _connect(args)
     app = serve_app(rs)
     data = app.effective_config().model_dump(mode="json")
-    roles = {name: role for role, name in DEPLOYMENT_NAMES.items()}
     for entry in app.deployment_entries():
         name = entry["name"]
-        applied = name in roles and isinstance(entry.get("autoscaling_config"), dict)
+        applied = name in SECTION_OF and isinstance(entry.get("autoscaling_config"), dict)
         others = [k for k in entry if k != "name" and not (applied and k == "autoscaling_config")]
-        said = ([f"its autoscaling_config is applied to deployments.{roles[name]}.autoscaling"]
+        said = ([f"its autoscaling_config is applied to deployments.{SECTION_OF[name]}.autoscaling"]
                 if applied else [])
         said += [f"{', '.join(others)} not shown"] if others else []
         print(f"{PROG}: note: serveConfigV2 overrides deployment {name} outside args: "

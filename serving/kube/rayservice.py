@@ -44,20 +44,12 @@ from serving.kube.cluster import (
     ScaleError,
     api_errors,
 )
-from serving.roles import (
-    APP_IMPORT_PATH,
-    CHAT_APP_IMPORT_PATH,
-    GENERATOR,
-    PREPROCESSOR,
-    ROUTER,
-)
+from serving.roles import APP_IMPORT_PATH, CHAT_APP_IMPORT_PATH, DEPLOYMENT_OF
 
 GROUP, VERSION = "ray.io", "v1"
 NAME_LABEL = "app.kubernetes.io/name"
 NAME_LABEL_VALUE = "qvq-serving"
-# Our config's role -> the Serve deployment name (serving/roles.py).
-DEPLOYMENT_NAMES = {"router": ROUTER, "preprocessor": PREPROCESSOR, "generator": GENERATOR}
-DEPLOYMENT_ROLES = tuple(DEPLOYMENT_NAMES)
+DEPLOYMENT_ROLES = tuple(DEPLOYMENT_OF)
 API_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
 JSON_PATCH = "application/json-patch+json"
@@ -343,7 +335,7 @@ class ServeApp:
         """Role -> the ``autoscaling_config`` override of its deployment, where there is one
         (looked up in the application that runs the role)."""
         out = {}
-        for role, name in DEPLOYMENT_NAMES.items():
+        for role, name in DEPLOYMENT_OF.items():
             entry = next((e for e in self.deployment_entries(self.index_of(role))
                           if e["name"] == name), None)
             if entry is not None and isinstance(entry.get("autoscaling_config"), dict):
@@ -362,7 +354,7 @@ class ServeApp:
         try:
             return AutoscalingConfig.model_validate(known)
         except ValidationError as exc:
-            raise KubeError(f"{self.label}: deployments entry {DEPLOYMENT_NAMES[role]!r}: "
+            raise KubeError(f"{self.label}: deployments entry {DEPLOYMENT_OF[role]!r}: "
                             f"autoscaling_config: {_errors(exc)}") from None
 
     def effective_config(self) -> ServingConfig:
@@ -516,7 +508,7 @@ def plan_deployment_scale(rs: dict, role: str, min_replicas: int | None,
     deployment in the app's ``deployments`` list: its effective autoscaling with the new
     bounds, complete. ``args`` and every other key and entry stay as they are."""
     app = serve_app(rs)
-    name = DEPLOYMENT_NAMES[role]
+    name = DEPLOYMENT_OF[role]
     current = app.autoscaling(role, app.config())  # args must validate even when overridden
     new_min = min_replicas if min_replicas is not None else current.min_replicas
     new_max = max_replicas if max_replicas is not None else current.max_replicas

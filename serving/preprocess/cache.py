@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from serving.protocol import PreparedImage
+from serving.messages import PreparedImage
 
 
 class PreparedImageLRU:

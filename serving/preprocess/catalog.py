@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from serving.errors import NotFoundError
-from serving.protocol import PreparedImage
+from serving.messages import PreparedImage
 from serving.storage.base import ObjectNotFound, ObjectStore
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serving.errors import ImageError
+from serving.messages import PreparedImage
 from serving.preprocess.geometry import smart_resize
-from serving.protocol import PreparedImage
 
 # Magic numbers of formats we refuse, so the error can name what was sent.
 _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from ray import serve
@@ -32,19 +33,17 @@ from serving.errors import (
     ServiceUnavailableError,
 )
 from serving.logs import route_to_serve_logs
+from serving.messages import ImageSource, PreparedImage
 from serving.metrics import PreprocessorMetrics
 from serving.preprocess.cache import PreparedImageLRU
 from serving.preprocess.catalog import ImageCatalog, cache_key, parse_image_id
 from serving.preprocess.decode import decode_image
 from serving.preprocess.sources import (
     ImageFetcher,
-    classify_url,
-    decode_data_url,
+    SourceContext,
     describe_size,
-    parse_image_ref,
-    parse_s3_url,
+    source_type,
 )
-from serving.protocol import PreparedImage
 from serving.roles import PREPROCESSOR
 from serving.storage.base import ObjectNotFound, ObjectStore
 from serving.storage.factory import open_store
@@ -66,7 +65,9 @@ class ImagePreprocessor:
         self._image = config.image
         self._storage = config.storage
         self._cache_cfg = config.cache
-        self._fetcher = ImageFetcher(config.fetch, max_bytes=config.image.max_image_bytes)
+        fetcher = ImageFetcher(config.fetch, max_bytes=config.image.max_image_bytes)
+        self._sources = SourceContext(max_bytes=config.image.max_image_bytes, fetcher=fetcher,
+                                      read_s3=self._read_s3)
         self._store: ObjectStore = open_store(config.storage)
         self._store.check()  # bad credentials / bucket fail the replica at startup, clearly
         self._catalog = ImageCatalog(self._store)
@@ -88,8 +89,7 @@ class ImagePreprocessor:
             self._source_stores[bucket] = store
         return store
 
-    def _read_s3(self, url: str) -> bytes:
-        bucket, key = parse_s3_url(url, self._storage.allowed_source_buckets)
+    def _read_s3(self, bucket: str, key: str) -> bytes:
         store = self._source_store(bucket)
         info = store.head(key)
         if info is None:
@@ -102,24 +102,23 @@ class ImagePreprocessor:
         except ObjectNotFound:
             raise ImageFetchError(f"s3 object s3://{bucket}/{key} does not exist") from None
 
-    async def _load_bytes(self, url: str, kind: str) -> bytes:
+    async def _load_bytes(self, source: ImageSource) -> bytes | None:
+        """The source's encoded bytes (None: an uploaded image, known by its hash)."""
         t0 = time.perf_counter()
-        if kind == "data":
-            data = decode_data_url(url, max_bytes=self._image.max_image_bytes)
-        elif kind == "http":
-            data = await self._fetcher.fetch(url)
-        else:
-            data = await asyncio.to_thread(self._read_s3, url)
-        self._metrics.stage_seconds.observe(time.perf_counter() - t0, tags={"stage": "fetch"})
-        self._metrics.image_bytes.observe(len(data))
+        data = await source_type(source.kind).load(source, self._sources)
+        if data is not None:
+            self._metrics.stage_seconds.observe(time.perf_counter() - t0,
+                                                tags={"stage": "fetch"})
+            self._metrics.image_bytes.observe(len(data))
         return data
 
     # ------------------------------------------------------------------ prepare
 
-    async def prepare(self, urls: list[str]) -> list[PreparedImage]:
-        """All images of one request, in order; the first failure fails the request."""
+    async def prepare(self, sources: Sequence[ImageSource]) -> list[PreparedImage]:
+        """All images of one request (checked at the edge: serving.preprocess.sources), in
+        order; the first failure fails the request."""
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(self._prepare_one(u)) for u in urls]
+        tasks = [asyncio.create_task(self._prepare_one(s)) for s in sources]
         try:
             images = list(await asyncio.gather(*tasks))
             logger.info("prepared %d image(s) in %.0f ms (cache: %s)", len(images),
@@ -129,14 +128,10 @@ class ImagePreprocessor:
             for t in tasks:
                 t.cancel()
 
-    async def _prepare_one(self, url: str) -> PreparedImage:
-        kind = classify_url(url)
-        data: bytes | None = None
-        if kind == "ref":
-            sha = parse_image_ref(url)
-        else:
-            data = await self._load_bytes(url, kind)
-            sha = hashlib.sha256(data).hexdigest()
+    async def _prepare_one(self, source: ImageSource) -> PreparedImage:
+        data = await self._load_bytes(source)
+        sha = source.sha256 if data is None else hashlib.sha256(data).hexdigest()
+        assert sha is not None
         key = cache_key(sha, self._image.min_pixels, self._image.max_pixels)
         hit = self._lru.get(key)
         if hit is not None:
@@ -149,7 +144,7 @@ class ImagePreprocessor:
         future: asyncio.Future[PreparedImage] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            image = await self._resolve(sha, key, data, kind)
+            image = await self._resolve(sha, key, data, source_type(source.kind).stored)
             future.set_result(image)
             return image
         except BaseException as exc:
@@ -159,20 +154,24 @@ class ImagePreprocessor:
         finally:
             del self._inflight[key]
 
-    async def _resolve(self, sha: str, key: str, data: bytes | None, kind: str) -> PreparedImage:
+    async def _resolve(self, sha: str, key: str, data: bytes | None,
+                       in_store: bool) -> PreparedImage:
+        """Pixels from the store tier, else decoded here (bytes read from the image store when
+        the source gave none). ``in_store``: the original is in our image store already (an
+        upload), so no copy of it is kept again."""
         lo, hi = self._image.min_pixels, self._image.max_pixels
         if self._cache_cfg.store_tier:
             try:
-                stored = await asyncio.to_thread(self._catalog.get_preprocessed, sha, lo, hi)
+                cached = await asyncio.to_thread(self._catalog.get_preprocessed, sha, lo, hi)
             except APIError as exc:  # store down: the cache is an optimisation, decode instead
                 logger.warning("preprocessed-image store lookup failed: %s", exc.message)
-                stored = None
-            if stored is not None:
+                cached = None
+            if cached is not None:
                 self._metrics.cache_lookups.inc(tags={"result": "store"})
-                self._lru.put(key, stored)
-                if data is not None:
-                    await self._keep_original(data, stored)
-                return stored
+                self._lru.put(key, cached)
+                if data is not None and not in_store:
+                    await self._keep_original(data, cached)
+                return cached
         self._metrics.cache_lookups.inc(tags={"result": "miss"})
         if data is None:
             try:
@@ -180,9 +179,8 @@ class ImagePreprocessor:
             except NotFoundError:
                 raise ImageError(f"image_url qvq-image://{sha} names no uploaded image; upload "
                                  "it with POST /v1/images first") from None
-            kind = "ref"
         image = await self._decode_and_cache(data, sha)
-        if kind != "ref":
+        if not in_store:
             await self._keep_original(data, image)
         return image
 
@@ -227,7 +225,8 @@ class ImagePreprocessor:
         task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
-        """Wait for background store writes (graceful shutdown, tests)."""
+        """Wait for the background store writes started so far (tests observe the store tier
+        with it; nothing waits for them at shutdown, they are best effort)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 

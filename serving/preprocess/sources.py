@@ -1,4 +1,6 @@
-"""Turning an ``image_url`` into encoded bytes: ``data:`` URLs and guarded http(s) fetches."""
+"""Image sources: one class per kind of ``image_url`` (``data:``, http(s), ``s3://``,
+``qvq-image://``), each checking its URL at the edge and loading the encoded bytes in the
+preprocessor; plus the guarded http(s) fetcher and data-URL decoding they use."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import ipaddress
 import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 import pybase64
@@ -21,6 +24,7 @@ from serving.errors import (
     PayloadTooLargeError,
     elide,
 )
+from serving.messages import ImageSource
 from serving.preprocess.ssrf import (
     IPAddress,
     IPNetwork,
@@ -77,7 +81,8 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
 
 
 class ImageFetcher:
-    """Fetches http(s) images with the SSRF guard, redirect re-checks and byte/time caps."""
+    """Fetches http(s) images with the SSRF guard, redirect re-checks and byte/time caps. Its
+    connection pool lives as long as the preprocessor replica that holds it."""
 
     def __init__(self, config: FetchConfig, *, max_bytes: int, resolver: Resolver | None = None):
         self._config = config
@@ -90,9 +95,6 @@ class ImageFetcher:
             follow_redirects=False, trust_env=False,
             headers={"User-Agent": config.user_agent, "Accept": "image/*"},
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     async def fetch(self, url: str) -> bytes:
         if not self._config.enabled:
@@ -183,67 +185,122 @@ class ImageFetcher:
         return b"".join(chunks)
 
 
-SourceKind = Literal["data", "http", "s3", "ref"]
+class SourceType(Protocol):
+    """One kind of image source. Adding a source is one class here and one line in
+    :data:`SOURCE_TYPES`: ``check`` runs at the edge (router, batch runner) before any hop,
+    ``load`` in the preprocessor."""
+
+    kind: str  # the name an ImageSource carries to the preprocessor
+    schemes: tuple[str, ...]  # URL schemes it reads, lower case
+    stored: bool  # the image is already in our image store (nothing to keep a copy of)
+
+    def check(self, url: str, allowed_buckets: Sequence[str]) -> ImageSource:
+        """Parse and check the URL without any I/O; 400 (ImageError/BlockedURLError) if bad."""
+        ...
+
+    async def load(self, source: ImageSource, ctx: SourceContext) -> bytes | None:
+        """The encoded image bytes; None when the image is known by its hash alone."""
+        ...
 
 
-def classify_url(url: str) -> SourceKind:
-    """Which kind of image source a URL is; 400 for anything this server does not read."""
+@dataclass(frozen=True)
+class SourceContext:
+    """What loading needs, provided by the preprocessor replica."""
+
+    max_bytes: int
+    fetcher: ImageFetcher
+    read_s3: Callable[[str, str], bytes]  # (bucket, key) -> bytes, blocking
+
+
+class DataURLSource:
+    kind, schemes, stored = "data", ("data",), False
+
+    def check(self, url: str, allowed_buckets: Sequence[str]) -> ImageSource:
+        return ImageSource(self.kind, url)
+
+    async def load(self, source: ImageSource, ctx: SourceContext) -> bytes:
+        return decode_data_url(source.url, max_bytes=ctx.max_bytes)
+
+
+class HttpSource:
+    """http(s) URLs; the SSRF guard runs when fetching (it needs the resolved addresses)."""
+
+    kind, schemes, stored = "http", ("http", "https"), False
+
+    def check(self, url: str, allowed_buckets: Sequence[str]) -> ImageSource:
+        return ImageSource(self.kind, url)
+
+    async def load(self, source: ImageSource, ctx: SourceContext) -> bytes:
+        return await ctx.fetcher.fetch(source.url)
+
+
+class S3Source:
+    """``s3://bucket/key`` of a bucket in ``storage.allowed_source_buckets``."""
+
+    kind, schemes, stored = "s3", ("s3",), False
+
+    def check(self, url: str, allowed_buckets: Sequence[str]) -> ImageSource:
+        rest = url[len("s3://"):] if url.lower().startswith("s3://") else ""
+        bucket, _, key = rest.partition("/")
+        if not bucket or not key:
+            raise ImageError("s3 image URLs must look like s3://bucket/key")
+        if bucket not in allowed_buckets:
+            raise BlockedURLError(f"bucket {elide(bucket, _MAX_ECHO_CHARS)!r} is not one this "
+                                  "server may read images from"
+                                  + (f"; allowed: {', '.join(allowed_buckets)}"
+                                     if allowed_buckets
+                                     else " (storage.allowed_source_buckets is empty)"))
+        return ImageSource(self.kind, url, bucket=bucket, key=key)
+
+    async def load(self, source: ImageSource, ctx: SourceContext) -> bytes:
+        assert source.bucket is not None and source.key is not None
+        return await asyncio.to_thread(ctx.read_s3, source.bucket, source.key)
+
+
+class StoredImageSource:
+    """``qvq-image://<sha256>``: an image uploaded with POST /v1/images, known by its hash."""
+
+    kind, schemes, stored = "ref", ("qvq-image",), True
+
+    def check(self, url: str, allowed_buckets: Sequence[str]) -> ImageSource:
+        from serving.preprocess.catalog import parse_image_id
+
+        sha = parse_image_id(url)
+        if sha is None:
+            raise ImageError("uploaded-image references look like qvq-image://<64 hex sha256> "
+                             "(the `url` returned by POST /v1/images)")
+        return ImageSource(self.kind, url, sha256=sha)
+
+    async def load(self, source: ImageSource, ctx: SourceContext) -> None:
+        return None  # the preprocessor finds pixels or bytes by the hash
+
+
+SOURCE_TYPES: tuple[SourceType, ...] = (DataURLSource(), HttpSource(), S3Source(),
+                                        StoredImageSource())
+_BY_SCHEME = {scheme: t for t in SOURCE_TYPES for scheme in t.schemes}
+_BY_KIND = {t.kind: t for t in SOURCE_TYPES}
+
+
+def source_type(kind: str) -> SourceType:
+    return _BY_KIND[kind]
+
+
+def check_source(url: str, allowed_buckets: Sequence[str]) -> ImageSource:
+    """The source an image URL names, checked; 400 for anything this server does not read."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme == "data":
-        return "data"
-    if scheme in ("http", "https"):
-        return "http"
-    if scheme == "s3":
-        return "s3"
-    if scheme == "qvq-image":
-        return "ref"
-    shown = elide(scheme, _MAX_ECHO_CHARS) + ":" if scheme else "(none)"
-    raise BlockedURLError(f"image URL scheme {shown} is not supported; use a data: URL, "
-                          "https://, http://, s3://bucket/key or qvq-image://<sha256> of an "
-                          "uploaded image")
+    kind = _BY_SCHEME.get(scheme)
+    if kind is None:
+        shown = elide(scheme, _MAX_ECHO_CHARS) + ":" if scheme else "(none)"
+        raise BlockedURLError(f"image URL scheme {shown} is not supported; use a data: URL, "
+                              "https://, http://, s3://bucket/key or qvq-image://<sha256> of an "
+                              "uploaded image")
+    return kind.check(url, allowed_buckets)
 
 
-def parse_s3_url(url: str, allowed_buckets: Sequence[str]) -> tuple[str, str]:
-    """(bucket, key) of ``s3://bucket/key``; 400 unless the bucket is allowed by config."""
-    rest = url[len("s3://"):] if url.lower().startswith("s3://") else ""
-    bucket, _, key = rest.partition("/")
-    if not bucket or not key:
-        raise ImageError("s3 image URLs must look like s3://bucket/key")
-    if bucket not in allowed_buckets:
-        raise BlockedURLError(f"bucket {elide(bucket, _MAX_ECHO_CHARS)!r} is not one this "
-                              "server may read images from"
-                              + (f"; allowed: {', '.join(allowed_buckets)}" if allowed_buckets
-                                 else " (storage.allowed_source_buckets is empty)"))
-    return bucket, key
-
-
-def parse_image_ref(url: str) -> str:
-    """SHA-256 named by ``qvq-image://<sha256>`` (or ``qvq-image://img-<sha256>``)."""
-    from serving.preprocess.catalog import parse_image_id
-
-    sha = parse_image_id(url)
-    if sha is None:
-        raise ImageError("uploaded-image references look like qvq-image://<64 hex sha256> "
-                         "(the `url` returned by POST /v1/images)")
-    return sha
-
-
-def check_image_url(url: str, allowed_buckets: Sequence[str]) -> SourceKind:
-    """Cheap syntax checks done in the router before any hop."""
-    kind = classify_url(url)
-    if kind == "s3":
-        parse_s3_url(url, allowed_buckets)
-    elif kind == "ref":
-        parse_image_ref(url)
-    return kind
-
-
-def request_image_urls(urls: Sequence[str], *, max_images: int,
-                       allowed_buckets: Sequence[str]) -> list[str]:
-    """The image URLs of one request, checked before any hop (count, scheme, bucket, ref)."""
+def parse_image_sources(urls: Sequence[str], *, max_images: int,
+                        allowed_buckets: Sequence[str]) -> tuple[ImageSource, ...]:
+    """The image sources of one request, checked before any hop (count, scheme, bucket, ref)."""
     if len(urls) > max_images:
         raise ImageError(f"request has {len(urls)} images; at most {max_images} are allowed per "
                          "request", param="messages", code="too_many_images")
-    for url in urls:
-        check_image_url(url, allowed_buckets)
-    return list(urls)
+    return tuple(check_source(url, allowed_buckets) for url in urls)

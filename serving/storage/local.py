@@ -83,10 +83,6 @@ class LocalObjectStore:
                     keys.append(key)
         return sorted(keys)
 
-    def presign_get(self, key: str, expires_in_s: int) -> PresignedRequest:
-        raise InvalidRequestError("presigned URLs need the S3 storage backend; this server "
-                                  "stores objects in a local directory", code="not_supported")
-
     def presign_put(self, key: str, expires_in_s: int, content_type: str) -> PresignedRequest:
         raise InvalidRequestError("presigned uploads need the S3 storage backend; POST the "
                                   "bytes to /v1/images instead", code="not_supported")

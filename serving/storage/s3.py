@@ -154,11 +154,6 @@ class S3ObjectStore:
             keys += [obj["Key"] for obj in page.get("Contents", [])]
         return keys
 
-    def presign_get(self, key: str, expires_in_s: int) -> PresignedRequest:
-        url = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in_s)
-        return PresignedRequest(url=url, method="GET", headers={}, expires_in_s=expires_in_s)
-
     def presign_put(self, key: str, expires_in_s: int, content_type: str) -> PresignedRequest:
         url = self._client.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},

@@ -141,6 +141,19 @@ def test_seed_makes_sampling_repeatable(client):
     assert first["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
 
 
+def test_vllm_sampling_fields_reach_the_engine(openai_client):
+    """What vLLM's own clients send in extra_body (vllm bench serve, LangChain/LiteLLM vLLM
+    adapters). top_k=1 samples the most likely token whatever the temperature, so two answers
+    are the same text; ignore_eos with min_tokens = max_tokens makes the length exact."""
+    extra = {"top_k": 1, "min_p": 0.05, "repetition_penalty": 1.2, "min_tokens": 6,
+             "ignore_eos": True}
+    answers = [openai_client.chat.completions.create(
+        model=MODEL, max_tokens=6, temperature=1.0, extra_body=extra,
+        messages=[{"role": "user", "content": "Tell me something."}]) for _ in range(2)]
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    assert [a.usage.completion_tokens for a in answers] == [6, 6]
+
+
 def test_max_completion_tokens_respected(client):
     resp = client.post("/v1/chat/completions",
                        json={"model": MODEL, "max_completion_tokens": 3,

@@ -32,6 +32,23 @@ def serve_logs(server) -> dict[str, list[dict]]:
     return out
 
 
+def test_a_refused_request_logs_what_the_client_must_fix(client, server):
+    """The access log line says 400; the line beside it, with the same request id, says
+    why (what vLLM's benchmark client could not find out from our logs)."""
+    request_id = f"test-{uuid.uuid4().hex}"
+    resp = client.post("/v1/chat/completions", headers={"x-request-id": request_id},
+                       json=chat_body("hi", no_such_field=1))
+    assert resp.status_code == 400 and "no_such_field" in resp.json()["error"]["message"]
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [r["message"] for records in serve_logs(server).values() for r in records
+                 if r.get("request_id") == request_id]
+        if any("no_such_field" in line for line in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert any(line.startswith("400 ") and "no_such_field" in line for line in lines), lines
+
+
 def test_request_id_is_returned_and_logged_by_every_deployment(client, server):
     request_id = f"test-{uuid.uuid4().hex}"
     image = data_url(encode(photo(96, 64, seed=41), "JPEG"), "image/jpeg")

@@ -84,16 +84,16 @@ def test_multipart_upload_of_large_image(store, s3_server):
     assert hashlib.sha256(store.get("t/big.png")).digest() == hashlib.sha256(big).digest()
 
 
-def test_presigned_get_and_put(store):
-    store.put("t/presigned", b"pixels", content_type="image/png")
-    request = store.presign_get("t/presigned", 60)
-    assert request.url.startswith("http://127.0.0.1:")
-    assert httpx.get(request.url).content == b"pixels"
+def test_presigned_put_writes_that_key_only(store):
     upload = store.presign_put("t/uploaded", 60, "image/png")
+    assert upload.url.startswith("http://127.0.0.1:")
     resp = httpx.put(upload.url, content=b"new bytes", headers=upload.headers)
     assert resp.status_code == 200, resp.text
     assert store.get("t/uploaded") == b"new bytes"
-    assert httpx.get(request.url.replace("presigned", "other")).status_code in (403, 404)
+    tampered = httpx.put(upload.url.replace("uploaded", "other"), content=b"x",
+                         headers=upload.headers)
+    assert tampered.status_code == 403
+    assert store.head("t/other") is None
 
 
 def test_wrong_credentials_are_a_clear_config_error(s3_server, tmp_path):

@@ -22,7 +22,7 @@ from serving.api.chat import parse_chat_request
 from serving.api.errors import validation_to_error
 from serving.batch.validate import MAX_REPORTED_ERRORS, parse_batch_input
 from serving.errors import InvalidRequestError, QVQError
-from serving.preprocess.sources import request_image_urls
+from serving.preprocess.sources import parse_image_sources
 from serving.preprocess.ssrf import blocked_reason, parse_host_address
 from serving.protocol import BatchCreateRequest, ChatCompletionRequest
 
@@ -373,14 +373,14 @@ def test_batch_input_of_random_bytes_never_raises(data, max_lines):
 
 @given(st.lists(URLS | HUGE_URLS | st.text(max_size=60), max_size=10), st.integers(0, 8),
        st.lists(st.sampled_from(["qvq-sources", "b", ""]) | st.text(max_size=8), max_size=3))
-def test_request_image_urls_raise_only_qvq_errors(urls, max_images, buckets):
+def test_image_sources_raise_only_qvq_errors(urls, max_images, buckets):
     try:
-        out = request_image_urls(urls, max_images=max_images, allowed_buckets=buckets)
+        out = parse_image_sources(urls, max_images=max_images, allowed_buckets=buckets)
     except QVQError as exc:
         assert isinstance(exc, InvalidRequestError) and exc.status_code == 400
         check_error_body(exc)
         return
-    assert out == urls and len(out) <= max_images
+    assert [source.url for source in out] == urls and len(out) <= max_images
 
 
 # --------------------------------------------------------------------------- SSRF classifier

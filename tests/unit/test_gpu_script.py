@@ -32,7 +32,7 @@ def test_dry_run_prints_the_benchmark_and_writes_a_valid_config(tmp_path):
     model_dir = tmp_path / "work" / "models" / "qwen2-vl-2b"
     bench = [ln for ln in out.splitlines() if "loadtest.compare" in ln and "--servers" in ln]
     assert len(bench) == 1, out
-    for part in ("--servers ours,bare", f"--config {config_path}", f"--model-dir {model_dir}",
+    for part in ("--servers ours,bare-vllm", f"--config {config_path}", f"--model-dir {model_dir}",
                  "--scenarios photo-2048x1536,photo-4000x3000", "--concurrency 64",
                  "timeout --foreground -s INT"):
         assert part in bench[0], part

@@ -33,6 +33,7 @@ def test_max_completion_tokens_wins():
     {"logit_bias": {"٣": 1}}, {"logit_bias": {str(i): 1 for i in range(301)}},
     {"min_tokens": -1}, {"min_tokens": 6, "max_tokens": 5},
     {"min_tokens": 6, "max_tokens": 9, "max_completion_tokens": 5},
+    {"top_k": -2}, {"min_p": 1.5}, {"repetition_penalty": 0}, {"repetition_penalty": 3},
 ])
 def test_rejected(kwargs):
     with pytest.raises(ValidationError):

@@ -395,19 +395,20 @@ workerGroupSpecs:
 {{- end -}}
 
 {{/* Serve deployment overrides carrying the autoscaling bounds of the deployments of one
-application (.roles: those it holds). They equal what
-the app's code sets from the same config (AutoscalingConfig.to_serve(); a test checks it), and
-having them from the first install makes later `kubectl qvq scale <deployment>` an in-place
-update: Serve hashes the list of overridden deployments into the app's code version, so adding
-an override later would restart every replica once, while changing one does not. */}}
+application (.roles: those it holds; .ctx: the root context). The deployment names and the
+defaults come from files/roles.yaml, generated from the app's own table (serving/roles.py) and
+AutoscalingConfig, so they equal what the app's code sets from the same config (a test checks
+it). Having them from the first install makes later `kubectl qvq scale <deployment>` an
+in-place update: Serve hashes the list of overridden deployments into the app's code version,
+so adding an override later would restart every replica once, while changing one does not. */}}
 {{- define "qvq-serving.deploymentOverrides" -}}
+{{- $table := .ctx.Files.Get "files/roles.yaml" | fromYaml -}}
 {{- $deployments := .deployments | default dict -}}
-{{- $names := dict "router" "Router" "preprocessor" "ImagePreprocessor" "generator" "QVQGenerator" -}}
 {{- $out := list -}}
 {{- range $role := .roles -}}
-{{- $name := index $names $role -}}
+{{- $name := index $table.deployments $role -}}
 {{- $given := (index $deployments $role | default dict).autoscaling | default dict -}}
-{{- $auto := merge (deepCopy $given) (dict "min_replicas" 1 "max_replicas" 1 "target_ongoing_requests" 2.0 "upscale_delay_s" 30.0 "downscale_delay_s" 600.0 "look_back_period_s" 30.0) -}}
+{{- $auto := merge (deepCopy $given) (deepCopy $table.autoscalingDefaults) -}}
 {{- $_ := set $auto "initial_replicas" (max (int $auto.min_replicas) 1) -}}
 {{- $out = append $out (dict "name" $name "autoscaling_config" $auto) -}}
 {{- end -}}

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from serving.protocol import PreparedImage
+from serving.messages import PreparedImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,9 @@ class SamplingOptions:
     min_tokens: int = 0
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

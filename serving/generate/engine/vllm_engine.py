@@ -17,31 +17,11 @@ from PIL import Image
 from serving.config import ServingConfig
 from serving.errors import InvalidRequestError, ServiceUnavailableError
 from serving.generate.engine import reaper
+from serving.generate.engine.args import engine_env, engine_kwargs
 from serving.generate.engine.protocol import EngineStep, SamplingOptions
-from serving.protocol import PreparedImage
+from serving.messages import PreparedImage
 
 logger = logging.getLogger("qvq.engine")
-
-
-def engine_env(config: ServingConfig) -> dict[str, str]:
-    """Environment the engine process needs: caches inside the data dir, CPU KV cache size.
-
-    A relative ``data_dir`` is resolved by each replica against its own working directory, so
-    the same config works on a laptop and in a cluster whose nodes have other paths.
-    """
-    data = config.data_dir
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": str(config.model.cpu_kv_cache_gib),
-        "VLLM_CACHE_ROOT": os.path.join(data, "cache", "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": os.path.join(data, "cache", "inductor"),
-        "HF_HOME": os.path.join(data, "cache", "hf"),
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        # vLLM's own logging setup (dictConfig) closes every existing handler, Serve's replica
-        # log file included; its records go through Serve's logger instead (serving.logs)
-        "VLLM_CONFIGURE_LOGGING": "0",
-    }
 
 
 def _queue_seconds(out) -> float | None:
@@ -57,28 +37,7 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model = config.model
-        args = AsyncEngineArgs(
-            model=model.path,
-            served_model_name=[model.served_name],
-            dtype=model.dtype,
-            max_model_len=model.max_model_len,
-            max_num_seqs=model.max_num_seqs,
-            max_num_batched_tokens=model.max_num_batched_tokens,
-            tensor_parallel_size=model.tensor_parallel_size,
-            distributed_executor_backend="ray" if model.tensor_parallel_size > 1 else None,
-            gpu_memory_utilization=model.gpu_memory_utilization,
-            enforce_eager=model.enforce_eager,
-            enable_prefix_caching=model.enable_prefix_caching,
-            seed=model.seed,
-            scheduling_policy=model.scheduling_policy,
-            limit_mm_per_prompt={"image": max(config.image.max_images_per_request, 1),
-                                 "video": 0},
-            # Images arrive already on the grid; the same bounds make vLLM's own resize a no-op.
-            mm_processor_kwargs={"min_pixels": config.image.min_pixels,
-                                 "max_pixels": config.image.max_pixels},
-            disable_log_stats=False,
-        )
+        args = AsyncEngineArgs(**engine_kwargs(config))
         before = reaper.descendants()
         self._engine = AsyncLLM.from_engine_args(args)
         # vLLM's engine processes do not watch this one: take them down with it however it ends
@@ -103,6 +62,12 @@ class VLLMEngine:
                 min_tokens=options.min_tokens,
                 ignore_eos=options.ignore_eos,
                 logit_bias=dict(options.logit_bias) or None,
+                # vLLM's own defaults when the request leaves them out: all tokens, no min_p,
+                # no repetition penalty
+                top_k=0 if options.top_k is None else options.top_k,
+                min_p=0.0 if options.min_p is None else options.min_p,
+                repetition_penalty=(1.0 if options.repetition_penalty is None
+                                    else options.repetition_penalty),
                 output_kind=RequestOutputKind.DELTA,
             )
             engine_prompt: dict = {"prompt_token_ids": prompt_token_ids}

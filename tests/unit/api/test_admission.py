@@ -1,4 +1,4 @@
-"""The router's gate: a full replica refuses at once with 503 overloaded and a Retry-After,
+"""The chat entry's gate: a full replica refuses at once with 503 overloaded and a Retry-After,
 before reading the body; a finished request gives its slot back; every response of a limited
 key gets its x-ratelimit-* headers, other keys none."""
 
@@ -10,34 +10,37 @@ import pytest
 
 from serving.api.admission import Gatekeeper, RequestScope
 from serving.api.limits import LimitBook
+from serving.api.validation import validate_chat
 from serving.config import config_from_dict
 from serving.errors import ServiceUnavailableError
-from serving.metrics import RouterMetrics
+from serving.messages import GenerationRequest
+from serving.metrics import ApiMetrics
 from serving.protocol import ChatCompletionRequest
 
 BASE = {"model": {"path": "/models/x", "served_name": "qvq"}}
 
 
-def chat() -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate(
+def request(key_id: str | None, config) -> GenerationRequest:
+    chat = ChatCompletionRequest.model_validate(
         {"model": "qvq", "messages": [{"role": "user", "content": "hi"}]})
+    return validate_chat(config, chat, key_id)
 
 
 def test_full_replica_refuses_then_frees_a_slot():
     config = config_from_dict({**BASE, "server": {"max_in_flight_requests": 2}}, environ={})
-    gate = Gatekeeper(config, limiter=None, metrics=RouterMetrics())
+    gate = Gatekeeper(config, limiter=None, metrics=ApiMetrics())
 
     async def scenario():
-        first = await gate.enter(chat(), "key-a")
-        await gate.enter(chat(), None)
+        first = await gate.enter(request("key-a", config))
+        await gate.enter(request(None, config))
         with pytest.raises(ServiceUnavailableError) as full:
             gate.refuse_if_full()  # the check the route runs before reading the body
         with pytest.raises(ServiceUnavailableError):
-            await gate.enter(chat(), "key-a")
+            await gate.enter(request("key-a", config))
         assert gate.in_flight == 2
         gate.leave(first, None)
         gate.refuse_if_full()
-        await gate.enter(chat(), "key-b")
+        await gate.enter(request("key-b", config))
         return full.value
 
     refused = asyncio.run(scenario())
@@ -64,7 +67,7 @@ def test_every_response_of_a_limited_key_gets_rate_headers_unlimited_keys_none()
     config = config_from_dict({**BASE, "limits": {
         "per_key": {"team-a": {"requests_per_minute": 5}}}}, environ={})
     book = LimitBook(config.limits, lease_ttl_s=60)
-    gate = Gatekeeper(config, limiter=_LimiterHandle(book), metrics=RouterMetrics())
+    gate = Gatekeeper(config, limiter=_LimiterHandle(book), metrics=ApiMetrics())
 
     def scope_of(key_id, authenticated=True):
         scope = RequestScope("list_files")

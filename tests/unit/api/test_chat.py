@@ -11,70 +11,10 @@ import pytest
 
 from serving.config import config_from_dict
 from serving.errors import BlockedURLError, ImageError, ModelNotFoundError
-from serving.protocol import ChatCompletionRequest, GenerationEvent
+from serving.messages import LIVE_PRIORITY, GenerationEvent
+from serving.protocol import ChatCompletionRequest
 from tests.images import png_url
-
-
-class _Method:
-    def __init__(self, result, calls, name):
-        self._result, self._calls, self._name = result, calls, name
-
-    def remote(self, *args):
-        self._calls.append((self._name, args))
-        return _Pending(self._result)
-
-
-class _Pending:
-    """Awaitable like a DeploymentResponse; leaving it unawaited is fine, as in Serve."""
-
-    def __init__(self, result):
-        self.result = result
-
-    def __await__(self):
-        yield from ()
-        return self.result
-
-
-class _Stream:
-    """Like a streaming DeploymentResponseGenerator: an async iterator with cancel()."""
-
-    def __init__(self, batches):
-        self._batches = list(batches)
-        self.cancelled = False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if not self._batches:
-            raise StopAsyncIteration
-        batch = self._batches.pop(0)
-        if isinstance(batch, Exception):
-            raise batch
-        return batch
-
-    def cancel(self):
-        self.cancelled = True
-
-
-class _StreamMethod(_Method):
-    def remote(self, *args):
-        self._calls.append((self._name, args))
-        return self._result
-
-
-class _Handle:
-    def __init__(self, **results):
-        self.calls: list = []
-        self._results = results
-
-    def __getattr__(self, name):
-        result = self._results.get(name)
-        method = _StreamMethod if isinstance(result, _Stream) else _Method
-        return method(result, self.calls, name)
-
-    def options(self, **_):
-        return self
+from tests.unit.api.handles import Handle, Pending, Stream
 
 
 def endpoint(config, pre, gen):
@@ -89,7 +29,7 @@ def frontend():
                                "image": {"max_images_per_request": 2}}, environ={})
     final = GenerationEvent("final", text="answer", prompt_tokens=10, completion_tokens=3,
                             finish_reason="stop")
-    pre, gen = _Handle(prepare="PREPARED"), _Handle(complete=final)
+    pre, gen = Handle(prepare="PREPARED"), Handle(complete=final)
     return endpoint(config, pre, gen), pre, gen
 
 
@@ -102,8 +42,10 @@ def test_text_only_goes_straight_to_generator(frontend):
     fe, pre, gen = frontend
     result, _ = asyncio.run(fe.complete(chat("hi"), key_id="team-a"))
     assert pre.calls == []
-    (name, (request, images)), = gen.calls
+    (name, (request, images, priority)), = gen.calls
     assert name == "complete" and images == [] and request.key_id == "team-a"
+    assert priority == LIVE_PRIORITY
+    assert request.reasoning.loop_guard == "stop"  # resolved once here, for this caller
     assert result.choices[0].message.content == "answer"
     assert result.usage.total_tokens == 13
 
@@ -113,12 +55,14 @@ def test_images_go_through_preprocessor_and_data_stays_behind(frontend):
     url = png_url()
     asyncio.run(fe.complete(chat([{"type": "image_url", "image_url": url},
                                   {"type": "text", "text": "what?"}]), key_id=None))
-    assert pre.calls[0] == ("prepare", ([url],))
-    (_, (request, images)), = gen.calls
+    (name, (sources,)), = pre.calls
+    assert name == "prepare" and [(s.kind, s.url) for s in sources] == [("data", url)]
+    (_, (request, images, _)), = gen.calls
+    assert request.images == tuple(sources)
     assert request.chat.image_urls() == ["image:0"]
     # the preprocessor's pending answer goes into the generator call unresolved: the pixels
     # travel preprocessor -> generator, never through this process
-    assert isinstance(images, _Pending) and images.result == "PREPARED"
+    assert isinstance(images, Pending) and images.result == "PREPARED"
 
 
 @pytest.mark.parametrize("content,error", [
@@ -148,8 +92,8 @@ def _events(body: list[bytes]) -> list:
 
 def _stream_through(batches, **fields):
     config = config_from_dict({"model": {"path": "m", "served_name": "qvq"}}, environ={})
-    stream = _Stream(batches)
-    fe = endpoint(config, _Handle(), _Handle(stream=stream))
+    stream = Stream(batches)
+    fe = endpoint(config, Handle(), Handle(stream=stream))
     request = ChatCompletionRequest.model_validate(
         {"model": "qvq", "messages": [{"role": "user", "content": "hi"}], "stream": True,
          **fields})
@@ -230,7 +174,7 @@ class _FlakyPrepare:
             async def dead():
                 raise RayActorError()
             return dead()
-        return _Pending(self.images)
+        return Pending(self.images)
 
 
 def test_generating_in_process_streams_the_engine_steps_as_chunks(tiny_model_dir):
@@ -239,7 +183,7 @@ def test_generating_in_process_streams_the_engine_steps_as_chunks(tiny_model_dir
     import numpy as np
 
     from serving.api.chat import ChatEndpoint, LocalGeneration
-    from serving.protocol import PreparedImage
+    from serving.messages import PreparedImage
     from tests.unit.generate.test_generator import make
 
     gen, engine = make(tiny_model_dir, [[("Two ", [5]), ("apples.", [6])]])
@@ -271,7 +215,7 @@ def test_a_client_that_goes_away_aborts_the_engine_request(tiny_model_dir):
     from tests.unit.generate.test_generator import make
 
     gen, engine = make(tiny_model_dir, [[(f"w{i} ", [100 + i]) for i in range(200)]])
-    chat_endpoint = ChatEndpoint(gen._config, LocalGeneration(gen, _Handle(), retries=0))
+    chat_endpoint = ChatEndpoint(gen._config, LocalGeneration(gen, Handle(), retries=0))
     request = ChatCompletionRequest.model_validate(
         {"model": "qvq-72b-preview", "stream": True, "max_tokens": 500,
          "messages": [{"role": "user", "content": "count"}]})

@@ -54,7 +54,7 @@ def test_token_limit_is_all_or_nothing_and_settles_with_real_usage():
     assert exc.value.error_type == "tokens" and "remaining 200" in exc.value.message
     assert exc.value.limit == "tokens"
     assert limits.headers("a")["x-ratelimit-remaining-requests"] == "99"  # not charged
-    limits.finish(first.key, first.lease, first.reserved_tokens, used_tokens=100)
+    limits.finish(first.caller, first.lease, first.reserved_tokens, used_tokens=100)
     assert limits.headers("a")["x-ratelimit-remaining-tokens"] == "900"
     limits.admit("a", tokens=300, images=0)
     with pytest.raises(RateLimitError, match="Request too large.*limit 1000, requested 5000"):
@@ -76,7 +76,7 @@ def test_concurrency_leases_are_released_and_expire():
     limits.admit("a", tokens=1, images=0)
     with pytest.raises(RateLimitError, match="concurrent requests: limit 2, in flight 2"):
         limits.admit("a", tokens=1, images=0)
-    limits.finish(one.key, one.lease, 0, None)
+    limits.finish(one.caller, one.lease, 0, None)
     limits.admit("a", tokens=1, images=0)
     clock.now += 31  # a router that died never released: the lease expires
     assert limits.headers("a")["x-ratelimit-remaining-concurrent"] == "2"
@@ -85,7 +85,7 @@ def test_concurrency_leases_are_released_and_expire():
 def test_headers_follow_openai_names_and_formats():
     limits, clock = book(requests_per_minute=60, tokens_per_minute=6000)
     admitted = limits.admit(None, tokens=600, images=0)
-    assert admitted.key == "anonymous"
+    assert admitted.caller == "anonymous"
     assert admitted.headers == {
         "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
         "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "6000",

@@ -2,7 +2,8 @@ import time
 
 import pytest
 
-from serving.batch.store import BatchStore, new_batch, public
+from serving.batch.record import TERMINAL, BatchRecord, BatchStatus, new_batch
+from serving.batch.store import BatchStore
 from serving.errors import NotFoundError
 from serving.storage.local import LocalObjectStore
 
@@ -21,12 +22,13 @@ def make(batches, owner="k"):
 
 def test_create_load_active_and_privacy(batches):
     batch = make(batches)
-    assert batches.load("k", batch["id"])["status"] == "validating"
-    assert ("k", batch["id"]) in batches.active()
+    assert batches.load("k", batch.id) == batch
+    assert batches.load("k", batch.id).status == BatchStatus.VALIDATING
+    assert ("k", batch.id) in batches.active()
     with pytest.raises(NotFoundError):
-        batches.load("other", batch["id"])
-    assert "owner" not in public(batch) and public(batch)["object"] == "batch"
-    batches.deactivate(batch["id"])
+        batches.load("other", batch.id)
+    assert "owner" not in batch.public() and batch.public()["object"] == "batch"
+    batches.deactivate(batch.id)
     assert batches.active() == []
 
 
@@ -34,13 +36,13 @@ def test_cancel_request_shows_as_cancelling_until_terminal(batches):
     batch = make(batches)
     batches.request_cancel(batch)
     assert batches.view(batch)["status"] == "cancelling"
-    batch["status"] = "cancelled"
+    batch.status = BatchStatus.CANCELLED
     assert batches.view(batch)["status"] == "cancelled"
 
 
 def test_parts_are_whole_and_ordered(batches):
     batch = make(batches)
-    batch.update(total_chunks=3, chunk_size=2)
+    batch.total_chunks, batch.chunk_size = 3, 2
     ok = {"response": {"status_code": 200}}
     bad = {"response": {"status_code": 400}}
     batches.write_part(batch, 2, [dict(ok, custom_id="e")])
@@ -57,5 +59,16 @@ def test_list_newest_first_with_pagination(batches):
     page = batches.list("k", limit=2)
     assert page["has_more"] and len(page["data"]) == 2
     rest = batches.list("k", limit=2, after=page["last_id"])
-    assert {b["id"] for b in page["data"] + rest["data"]} == {b["id"] for b in made}
+    assert {b["id"] for b in page["data"] + rest["data"]} == {b.id for b in made}
     assert batches.list("nobody")["data"] == []
+
+
+def test_a_record_holds_only_known_statuses_and_fields():
+    batch = new_batch("k", input_file_id="file-" + "1" * 32, endpoint="/v1/chat/completions",
+                      completion_window="24h", metadata=None, window_s=60)
+    with pytest.raises(ValueError):
+        batch.status = "done"
+    with pytest.raises(ValueError):
+        BatchRecord.model_validate({**batch.model_dump(), "colour": "red"})
+    assert {s.value for s in BatchStatus if s in TERMINAL} == {"completed", "failed",
+                                                               "expired", "cancelled"}

@@ -9,10 +9,12 @@ import asyncio
 
 import pytest
 
+from serving.api.validation import validate_chat
 from serving.config import config_from_dict
 from serving.generate.engine.protocol import EngineStep
 from serving.generate.generator import QVQGenerator
-from serving.protocol import ChatCompletionRequest, GenerationRequest
+from serving.messages import GenerationRequest
+from serving.protocol import ChatCompletionRequest
 
 
 class ScriptedEngine:
@@ -55,10 +57,11 @@ def make(tiny_model_dir, passes, **reasoning):
     return QVQGenerator(config, engine_factory=lambda _: engine), engine
 
 
-def request(**fields) -> GenerationRequest:
+def request(gen, **fields) -> GenerationRequest:
+    """Validated as the chat endpoint does, with the generator's config."""
     chat = ChatCompletionRequest(model="qvq-72b-preview",
                                  messages=[{"role": "user", "content": "count"}], **fields)
-    return GenerationRequest(request_id="chatcmpl-test", chat=chat)
+    return validate_chat(gen._config, chat, None, request_id="chatcmpl-test")
 
 
 async def collect(gen, req):
@@ -69,7 +72,7 @@ def test_loop_stop_aborts_the_engine_and_keeps_the_reasoning(tiny_model_dir):
     gen, engine = make(tiny_model_dir, [])
     a, b = [i for i in range(300, 400) if i not in gen._filler_ids][:2]  # word tokens
     engine.passes.append([("Start. ", [5, 6])] + [("ab ", [a, b])] * 400)
-    final = asyncio.run(gen.complete(request(split_reasoning=True, max_tokens=2000), []))
+    final = asyncio.run(gen.complete(request(gen, split_reasoning=True, max_tokens=2000), []))
     assert engine.closed == ["chatcmpl-test"]  # the stream was closed early: vLLM aborts
     assert final.finish_reason == "length" and final.stop_reason == "loop_detected"
     assert final.completion_tokens < 200
@@ -84,7 +87,7 @@ def test_budget_runs_a_conclude_pass_after_the_cue(tiny_model_dir):
     thinking = [(f"step{i} ", [100 + i]) for i in range(50)]
     answer = [("It is ", [7]), ("5.", [8])]
     gen, engine = make(tiny_model_dir, [thinking, answer], answer_budget_tokens=64)
-    events = asyncio.run(collect(gen, request(split_reasoning=True, max_reasoning_tokens=20,
+    events = asyncio.run(collect(gen, request(gen, split_reasoning=True, max_reasoning_tokens=20,
                                               max_tokens=1000)))
     first, second = engine.calls
     cue_ids = list(gen._cue_ids)
@@ -105,7 +108,7 @@ def test_budget_runs_a_conclude_pass_after_the_cue(tiny_model_dir):
 def test_conclude_pass_fits_what_is_left_of_max_tokens(tiny_model_dir):
     thinking = [(f"w{i} ", [100 + i]) for i in range(50)]
     gen, engine = make(tiny_model_dir, [thinking, [("x", [9])] * 100], answer_budget_tokens=512)
-    final = asyncio.run(gen.complete(request(max_reasoning_tokens=30, max_tokens=40), []))
+    final = asyncio.run(gen.complete(request(gen, max_reasoning_tokens=30, max_tokens=40), []))
     room = 40 - 30 - len(gen._cue_ids)
     assert engine.calls[1]["max_tokens"] == room
     assert final.finish_reason == "length" and final.completion_tokens == 40
@@ -115,8 +118,8 @@ def test_conclude_pass_fits_what_is_left_of_max_tokens(tiny_model_dir):
 def test_stream_and_complete_agree(tiny_model_dir):
     script = [("Look.\n", [1]), ("**Final Answer**", [2]), ("\n\n\\boxed{3}", [3])]
     gen, _ = make(tiny_model_dir, [script, script])
-    final = asyncio.run(gen.complete(request(split_reasoning=True), []))
-    events = asyncio.run(collect(gen, request(split_reasoning=True)))
+    final = asyncio.run(gen.complete(request(gen, split_reasoning=True), []))
+    events = asyncio.run(collect(gen, request(gen, split_reasoning=True)))
     assert (final.reasoning, final.text) == ("Look.\n", "\\boxed{3}")
     assert "".join(e.reasoning for e in events) == final.reasoning
     assert "".join(e.text for e in events) == final.text
@@ -124,12 +127,12 @@ def test_stream_and_complete_agree(tiny_model_dir):
     assert final.report()["boxed"] == ["3"] and final.outcome.reasoning_tokens == 2
 
 
-def test_out_of_bounds_budget_is_refused_before_the_engine_runs(tiny_model_dir):
+def test_out_of_bounds_budget_is_refused_at_the_edge(tiny_model_dir):
     from serving.errors import InvalidRequestError
 
     gen, engine = make(tiny_model_dir, [[]], max_reasoning_tokens_ceiling=100)
     with pytest.raises(InvalidRequestError, match="max_reasoning_tokens"):
-        asyncio.run(gen.complete(request(max_reasoning_tokens=101), []))
+        request(gen, max_reasoning_tokens=101)  # validate_chat: no request, no engine call
     assert engine.calls == []
 
 
@@ -143,10 +146,12 @@ def test_sampling_extensions_reach_the_engine(tiny_model_dir):
         return generate(prompt, images, options, request_id, priority)
 
     engine.generate = spy
-    asyncio.run(gen.complete(request(max_tokens=8, min_tokens=3, ignore_eos=True,
-                                     logit_bias={"7": 100, "9": -50.5}), []))
+    asyncio.run(gen.complete(request(gen, max_tokens=8, min_tokens=3, ignore_eos=True,
+                                     logit_bias={"7": 100, "9": -50.5}, top_k=20, min_p=0.05,
+                                     repetition_penalty=1.1), []))
     assert (seen[0].min_tokens, seen[0].ignore_eos) == (3, True)
     assert seen[0].logit_bias == ((7, 100.0), (9, -50.5))
+    assert (seen[0].top_k, seen[0].min_p, seen[0].repetition_penalty) == (20, 0.05, 1.1)
 
 
 def test_logit_bias_outside_the_vocabulary_is_refused_before_acceptance(tiny_model_dir):
@@ -154,7 +159,7 @@ def test_logit_bias_outside_the_vocabulary_is_refused_before_acceptance(tiny_mod
 
     gen, engine = make(tiny_model_dir, [[]])
     vocab = len(gen._tokenizer)
-    batches = gen.stream(request(logit_bias={str(vocab): 5}), [])
+    batches = gen.stream(request(gen, logit_bias={str(vocab): 5}), [])
     with pytest.raises(InvalidRequestError, match=f"ids 0 to {vocab - 1}") as exc:
         asyncio.run(batches.__anext__())  # the first batch: no "accepted" before the error
     assert exc.value.param == "logit_bias" and engine.calls == []
@@ -165,7 +170,7 @@ def test_min_tokens_above_the_granted_budget_is_a_400(tiny_model_dir):
 
     gen, engine = make(tiny_model_dir, [[]])
     with pytest.raises(InvalidRequestError, match="min_tokens") as exc:
-        asyncio.run(gen.complete(request(min_tokens=10**6), []))
+        asyncio.run(gen.complete(request(gen, min_tokens=10**6), []))
     assert exc.value.param == "min_tokens" and engine.calls == []
 
 
@@ -180,6 +185,6 @@ def test_conclude_pass_keeps_what_is_left_of_min_tokens(tiny_model_dir):
         return generate(prompt, images, options, request_id, priority)
 
     engine.generate = spy
-    asyncio.run(gen.complete(request(max_reasoning_tokens=20, max_tokens=400,
+    asyncio.run(gen.complete(request(gen, max_reasoning_tokens=20, max_tokens=400,
                                      min_tokens=30), []))
     assert [o.min_tokens for o in seen] == [30, 30 - 20 - len(gen._cue_ids)]

@@ -5,7 +5,8 @@ from transformers import AutoTokenizer
 from serving.config import ModelConfig
 from serving.errors import ContextLengthError
 from serving.generate.prompt import PromptBuilder, to_template_messages
-from serving.protocol import ChatCompletionRequest, PreparedImage
+from serving.messages import PreparedImage
+from serving.protocol import ChatCompletionRequest
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from contextlib import aclosing
 import pytest
 
 from serving.generate.streaming import coalesce, merge_deltas
-from serving.protocol import GenerationEvent
+from serving.messages import GenerationEvent
 
 
 def delta(text="", reasoning=""):

@@ -6,10 +6,11 @@ import pytest
 from serving.config import FetchConfig
 from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
 from serving.preprocess.sources import (
+    SOURCE_TYPES,
     ImageFetcher,
-    classify_url,
+    check_source,
     decode_data_url,
-    request_image_urls,
+    parse_image_sources,
 )
 from tests.image_server import PNG, image_server
 from tests.images import data_url
@@ -39,7 +40,35 @@ def test_data_url_over_limit_is_413_without_decoding():
                                  "/relative.png", "qvq-images://x"])
 def test_other_schemes_rejected(url):
     with pytest.raises(BlockedURLError, match="not supported"):
-        classify_url(url)
+        check_source(url, allowed_buckets=[])
+
+
+@pytest.mark.parametrize(("url", "kind", "parsed"), [
+    ("data:image/png;base64,AA", "data", {}),
+    ("HTTPS://example.com/cat.png", "http", {}),
+    ("s3://qvq-sources/cats/1.png", "s3", {"bucket": "qvq-sources", "key": "cats/1.png"}),
+    ("qvq-image://" + "ab" * 32, "ref", {"sha256": "ab" * 32}),
+])
+def test_each_source_type_checks_its_url_once_at_the_edge(url, kind, parsed):
+    source = check_source(url, allowed_buckets=["qvq-sources"])
+    assert source.kind == kind and source.url == url
+    assert {k: getattr(source, k) for k in parsed} == parsed
+
+
+@pytest.mark.parametrize(("url", "error", "match"), [
+    ("s3://other/key.png", BlockedURLError, "not one this server"),
+    ("s3://qvq-sources", ImageError, "s3://bucket/key"),
+    ("qvq-image://nothex", ImageError, "64 hex"),
+])
+def test_source_checks_refuse_what_they_cannot_read(url, error, match):
+    with pytest.raises(error, match=match):
+        check_source(url, allowed_buckets=["qvq-sources"])
+
+
+def test_one_source_type_per_scheme_and_kind():
+    schemes = [scheme for t in SOURCE_TYPES for scheme in t.schemes]
+    assert len(schemes) == len(set(schemes))
+    assert len({t.kind for t in SOURCE_TYPES}) == len(SOURCE_TYPES)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +82,7 @@ def fetch(url, **cfg):
         config = FetchConfig(**{"allowed_cidrs": ["127.0.0.1/32"], "read_timeout_s": 1.0,
                                 "total_timeout_s": 5.0, **cfg})
         fetcher = ImageFetcher(config, max_bytes=cfg.pop("max_bytes", 100_000))
-        try:
-            return await fetcher.fetch(url)
-        finally:
-            await fetcher.aclose()
+        return await fetcher.fetch(url)
     return asyncio.run(run())
 
 
@@ -99,10 +125,7 @@ def test_resolved_private_address_blocked_before_connecting():
         async def resolver(host, port):
             return [ipaddress.ip_address("10.0.0.7")]
         fetcher = ImageFetcher(FetchConfig(), max_bytes=1000, resolver=resolver)
-        try:
-            await fetcher.fetch("https://images.example.test/cat.png")
-        finally:
-            await fetcher.aclose()
+        await fetcher.fetch("https://images.example.test/cat.png")
     with pytest.raises(BlockedURLError, match="private"):
         asyncio.run(run())
 
@@ -117,5 +140,5 @@ def test_huge_scheme_or_bucket_not_echoed_whole(url):
     # Found by tests/unit/test_fuzz_requests.py: the whole scheme or bucket came back in the
     # 400's message, so a 50 kB URL made a 50 kB error body.
     with pytest.raises(BlockedURLError, match="not supported|not one this server") as info:
-        request_image_urls([url], max_images=1, allowed_buckets=["qvq-sources"])
+        parse_image_sources([url], max_images=1, allowed_buckets=["qvq-sources"])
     assert len(info.value.message) < 300

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from serving.errors import InvalidRequestError, NotFoundError
+from serving.messages import PreparedImage
 from serving.preprocess.cache import PreparedImageLRU
 from serving.preprocess.catalog import ImageCatalog, image_key, parse_image_id
 from serving.preprocess.decode import decode_image
-from serving.protocol import PreparedImage
 from serving.storage.base import ObjectNotFound
 from serving.storage.local import LocalObjectStore
 from tests.images import encode, photo

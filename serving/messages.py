@@ -1,0 +1,131 @@
+"""What travels between our own deployments (through Ray), apart from the OpenAI wire models
+(:mod:`serving.protocol`).
+
+- :class:`ImageSource` (one request image, classified and checked at the edge) goes to the
+  preprocessor, which answers with :class:`PreparedImage` (pixels on the model's grid);
+- :class:`GenerationRequest` (a request validated once, :func:`serving.api.validation.
+  validate_chat`) goes to the generator, which answers with :class:`GenerationEvent` items.
+
+Small frozen dataclasses: cheap to pickle, no validation on the way (it happened at the edge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from serving.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    CompletionTokensDetails,
+    ResponseMessage,
+    Usage,
+    now,
+)
+
+LIVE_PRIORITY = 0  # vLLM's scheduler serves lower values first: API traffic...
+BATCH_PRIORITY = 10  # ...before batch-job lines
+
+if TYPE_CHECKING:
+    from serving.generate.reasoning.options import ReasoningOptions
+    from serving.generate.reasoning.session import ReasoningOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """One image of a request, as the edge understood it: which kind of source (a name in
+    :data:`serving.preprocess.sources.SOURCE_TYPES`), the URL, and what its checks parsed out
+    of it (the bucket and key of ``s3://``, the SHA-256 of ``qvq-image://``)."""
+
+    kind: str
+    url: str
+    bucket: str | None = None
+    key: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """An image already decoded, oriented, converted to RGB and resized to the model's grid.
+
+    ``pixels`` is an HxWx3 uint8 array: Ray ships it through the object store without base64
+    and without a copy on the receiving side.
+    """
+
+    pixels: np.ndarray
+    source_width: int
+    source_height: int
+    source_format: str
+    sha256: str
+    cache: Literal["miss", "memory", "store"] = "miss"  # where these pixels came from
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A chat request validated once at the edge, as the generator gets it: the chat with its
+    image data replaced by placeholders (the pixels come separately), who asked, the reasoning
+    options resolved for that caller, and the images' sources."""
+
+    request_id: str
+    chat: ChatCompletionRequest
+    reasoning: ReasoningOptions
+    key_id: str | None = None
+    images: tuple[ImageSource, ...] = ()
+    created: int = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationEvent:
+    """One step of a generation stream, generator -> its caller.
+
+    The first event of every stream is ``kind="accepted"`` with the prompt token count (the
+    request passed validation and entered the engine); then ``"delta"`` events (``text`` for
+    content, ``reasoning`` for reasoning_content in split mode); the last one carries
+    ``finish_reason``, the final counts and the reasoning report (``outcome``).
+    """
+
+    kind: Literal["accepted", "delta", "final"]
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    image_cache: tuple[str, ...] = ()  # per image: miss / memory / store
+    reasoning: str = ""
+    outcome: ReasoningOutcome | None = None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.outcome.stop_reason if self.outcome is not None else None
+
+    def report(self) -> dict[str, Any] | None:
+        return self.outcome.to_wire() if self.outcome is not None else None
+
+
+def usage_of(event: GenerationEvent) -> Usage:
+    details = None
+    if event.outcome is not None:
+        details = CompletionTokensDetails(reasoning_tokens=event.outcome.reasoning_tokens)
+    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                 total_tokens=event.prompt_tokens + event.completion_tokens,
+                 completion_tokens_details=details)
+
+
+def completion_response(request_id: str, created: int, model: str,
+                        final: GenerationEvent) -> ChatCompletion:
+    """The OpenAI chat.completion object for a finished generation (live or batch)."""
+    message = ResponseMessage(content=final.text, reasoning_content=final.reasoning or None)
+    return ChatCompletion(id=request_id, created=created, model=model,
+                          choices=[Choice(message=message, finish_reason=final.finish_reason,
+                                          stop_reason=final.stop_reason, qvq=final.report())],
+                          usage=usage_of(final))
