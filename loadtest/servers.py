@@ -131,8 +131,15 @@ class ManagedServer:
         return out
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the session; returns when every process the server
+        started has exited (Ray's workers and vLLM's engine outlive their parent by seconds,
+        and the next server measured must not share the CPU with them)."""
         if self.proc is None:
             return
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
         try:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=60)
@@ -146,6 +153,13 @@ class ManagedServer:
             self.proc.wait()
             self._log.close()
             self.proc = None
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        for survivor in alive:
+            try:
+                survivor.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
 
 
 def ours(model_dir: pathlib.Path, work: pathlib.Path, base_config: pathlib.Path,
