@@ -17,6 +17,7 @@ from serving.errors import elide
 
 SUPPORTED_PART_TYPES = ("text", "image_url")
 MAX_LOGIT_BIAS_TOKENS = 300
+MAX_STOP_TOKEN_IDS = 64
 
 
 class _Strict(BaseModel):
@@ -111,6 +112,28 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+# vLLM's request fields this server does not take (vLLM's ChatCompletionRequest has them; a
+# test compares the two models, so a vLLM upgrade that adds or drops one shows up): tools and
+# structured output are not supported yet, the others change how the prompt is built or what
+# the server returns (we render the model's own template, once) or are vLLM-internal.
+VLLM_FIELDS_NOT_ACCEPTED = frozenset({
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs",
+    "logprobs", "top_logprobs", "prompt_logprobs", "logprob_token_ids", "reasoning_effort",
+    "thinking_token_budget", "include_reasoning", "use_beam_search", "length_penalty",
+    "watermarking", "truncate_prompt_tokens", "truncation_side", "allowed_token_ids",
+    "bad_words", "echo", "add_generation_prompt", "continue_final_message",
+    "add_special_tokens", "documents", "chat_template", "chat_template_kwargs",
+    "media_io_kwargs", "mm_processor_kwargs", "priority", "request_id", "session_id",
+    "return_tokens_as_token_ids", "return_token_ids", "routed_experts_prompt_start",
+    "return_token_offsets", "return_prompt_text", "mm_payload", "return_mm_kwargs",
+    "cache_salt", "kv_transfer_params", "ec_transfer_params", "vllm_xargs",
+    "repetition_detection", "stream_interval",
+})
+# Our own fields (the reasoning controls), which vLLM's server does not know.
+QVQ_FIELDS = frozenset({"split_reasoning", "loop_guard", "max_reasoning_tokens",
+                        "include_language_stats"})
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -157,6 +180,15 @@ class ChatCompletionRequest(_Strict):
     repetition_penalty: float | None = Field(
         default=None, gt=0.0, le=2.0,
         description="Above 1 discourages tokens already in the prompt or the answer; 1: off.")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, max_length=MAX_STOP_TOKEN_IDS,
+        description="Token ids that end the answer, like stop strings.")
+    include_stop_str_in_output: bool = Field(
+        default=False, description="Keep the matched stop string at the end of the text.")
+    skip_special_tokens: bool = Field(
+        default=True, description="Leave special tokens out of the text.")
+    spaces_between_special_tokens: bool = Field(
+        default=True, description="Put spaces between special tokens in the text.")
 
     @field_validator("messages", mode="before")
     @classmethod

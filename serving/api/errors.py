@@ -18,6 +18,7 @@ from serving.errors import (
     elide,
     to_api_error,
 )
+from serving.protocol import VLLM_FIELDS_NOT_ACCEPTED
 
 logger = logging.getLogger("qvq.errors")
 
@@ -62,6 +63,9 @@ def validation_to_error(exc: ValidationError | RequestValidationError) -> Invali
         detail = err.get("ctx", {}).get("error", err["msg"])
         return InvalidRequestError(f"request body is not valid JSON: {detail}")
     if kind == "extra_forbidden":
+        if param in VLLM_FIELDS_NOT_ACCEPTED:
+            return InvalidRequestError(f"parameter {param!r} (a vLLM server option) is not "
+                                       "supported by this server; remove it", param=param)
         return InvalidRequestError(f"unknown parameter {param!r}; remove it", param=param)
     if kind == "missing":
         return InvalidRequestError(f"missing required parameter {param!r}", param=param)

@@ -82,21 +82,29 @@ class QVQGenerator:
             presence_penalty=chat.presence_penalty, frequency_penalty=chat.frequency_penalty,
             min_tokens=chat.min_tokens, ignore_eos=chat.ignore_eos,
             logit_bias=self._logit_bias(chat.logit_bias), top_k=chat.top_k, min_p=chat.min_p,
-            repetition_penalty=chat.repetition_penalty)
+            repetition_penalty=chat.repetition_penalty,
+            stop_token_ids=self._known_tokens(chat.stop_token_ids or (), "stop_token_ids"),
+            include_stop_str_in_output=chat.include_stop_str_in_output,
+            skip_special_tokens=chat.skip_special_tokens,
+            spaces_between_special_tokens=chat.spaces_between_special_tokens)
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
-        """Token ids checked against this model's vocabulary before the request is accepted
-        (the engine would only find out after a stream's headers were sent)."""
         if not bias:
             return ()
-        vocab = len(self._tokenizer)
         pairs = tuple((int(token), value) for token, value in bias.items())
-        unknown = [token for token, _ in pairs if token >= vocab]
-        if unknown:
-            raise InvalidRequestError(f"logit_bias names token id {unknown[0]}, outside this "
-                                      f"model's vocabulary (ids 0 to {vocab - 1})",
-                                      param="logit_bias")
+        self._known_tokens([token for token, _ in pairs], "logit_bias")
         return pairs
+
+    def _known_tokens(self, ids: Sequence[int], param: str) -> tuple[int, ...]:
+        """Token ids checked against this model's vocabulary before the request is accepted
+        (the engine would only find out after a stream's headers were sent)."""
+        vocab = len(self._tokenizer)
+        unknown = [token for token in ids if token >= vocab]
+        if unknown:
+            raise InvalidRequestError(f"{param} names token id {unknown[0]}, outside this "
+                                      f"model's vocabulary (ids 0 to {vocab - 1})",
+                                      param=param)
+        return tuple(ids)
 
     async def _generate(self, request: GenerationRequest, images: Sequence[PreparedImage],
                         priority: int) -> AsyncIterator[GenerationEvent]:

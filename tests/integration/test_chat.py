@@ -154,6 +154,16 @@ def test_vllm_sampling_fields_reach_the_engine(openai_client):
     assert [a.usage.completion_tokens for a in answers] == [6, 6]
 
 
+def test_stop_token_ids_end_the_answer_at_that_token(openai_client, forcing):
+    """The forced answer is one token repeated; naming it in stop_token_ids ends the answer
+    at its first occurrence, with finish_reason stop."""
+    stopped = openai_client.chat.completions.create(
+        model=MODEL, max_tokens=12, messages=[{"role": "user", "content": "Say something."}],
+        extra_body={**forcing.loop, "stop_token_ids": [forcing.word_id], "loop_guard": "off"})
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens == 1
+
+
 def test_max_completion_tokens_respected(client):
     resp = client.post("/v1/chat/completions",
                        json={"model": MODEL, "max_completion_tokens": 3,

@@ -125,3 +125,17 @@ def test_replica_death_is_recognised_through_serve_and_ray_wrappers():
     assert not replica_died(ValueError("bad request"))
     api = to_api_error(serve_error)
     assert api.status_code == 503 and api.code == "replica_unavailable"
+
+
+def test_a_vllm_option_we_do_not_take_is_named_as_such():
+    from pydantic import ValidationError
+
+    from serving.api.errors import validation_to_error
+    from serving.protocol import ChatCompletionRequest
+
+    try:
+        ChatCompletionRequest.model_validate({"model": "m", "logprobs": True,
+                                              "messages": [{"role": "user", "content": "x"}]})
+    except ValidationError as exc:
+        err = validation_to_error(exc)
+    assert err.param == "logprobs" and "vLLM server option" in err.message

@@ -34,6 +34,8 @@ def test_max_completion_tokens_wins():
     {"min_tokens": -1}, {"min_tokens": 6, "max_tokens": 5},
     {"min_tokens": 6, "max_tokens": 9, "max_completion_tokens": 5},
     {"top_k": -2}, {"min_p": 1.5}, {"repetition_penalty": 0}, {"repetition_penalty": 3},
+    {"stop_token_ids": [-1]}, {"stop_token_ids": list(range(65))},
+    {"skip_special_tokens": [True]},
 ])
 def test_rejected(kwargs):
     with pytest.raises(ValidationError):
@@ -77,3 +79,19 @@ def test_sampling_extensions_accepted():
     req = parse(logit_bias={"12": -100, "7": 2.5}, min_tokens=4, max_tokens=4, ignore_eos=True)
     assert (req.logit_bias, req.min_tokens, req.ignore_eos) == ({"12": -100, "7": 2.5}, 4, True)
     assert (parse().logit_bias, parse().min_tokens, parse().ignore_eos) == (None, 0, False)
+
+
+def test_request_fields_against_vllms_own_chat_completion_request():
+    """Every field we take is one vLLM's server takes too (or one of our reasoning controls),
+    and every vLLM field we refuse is listed as refused: a vLLM upgrade that adds or drops a
+    field fails here and names it."""
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionRequest as VLLMChatCompletionRequest,
+    )
+
+    from serving.protocol import QVQ_FIELDS, VLLM_FIELDS_NOT_ACCEPTED
+
+    ours = set(ChatCompletionRequest.model_fields)
+    theirs = set(VLLMChatCompletionRequest.model_fields)
+    assert ours - theirs == QVQ_FIELDS
+    assert theirs - ours == VLLM_FIELDS_NOT_ACCEPTED

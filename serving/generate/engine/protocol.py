@@ -29,6 +29,10 @@ class SamplingOptions:
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,10 @@ class VLLMEngine:
                 min_p=0.0 if options.min_p is None else options.min_p,
                 repetition_penalty=(1.0 if options.repetition_penalty is None
                                     else options.repetition_penalty),
+                stop_token_ids=list(options.stop_token_ids) or None,
+                include_stop_str_in_output=options.include_stop_str_in_output,
+                skip_special_tokens=options.skip_special_tokens,
+                spaces_between_special_tokens=options.spaces_between_special_tokens,
                 output_kind=RequestOutputKind.DELTA,
             )
             engine_prompt: dict = {"prompt_token_ids": prompt_token_ids}

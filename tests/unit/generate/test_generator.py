@@ -148,10 +148,25 @@ def test_sampling_extensions_reach_the_engine(tiny_model_dir):
     engine.generate = spy
     asyncio.run(gen.complete(request(gen, max_tokens=8, min_tokens=3, ignore_eos=True,
                                      logit_bias={"7": 100, "9": -50.5}, top_k=20, min_p=0.05,
-                                     repetition_penalty=1.1), []))
+                                     repetition_penalty=1.1, stop_token_ids=[5, 6],
+                                     include_stop_str_in_output=True,
+                                     skip_special_tokens=False,
+                                     spaces_between_special_tokens=False), []))
     assert (seen[0].min_tokens, seen[0].ignore_eos) == (3, True)
     assert seen[0].logit_bias == ((7, 100.0), (9, -50.5))
     assert (seen[0].top_k, seen[0].min_p, seen[0].repetition_penalty) == (20, 0.05, 1.1)
+    assert seen[0].stop_token_ids == (5, 6) and seen[0].include_stop_str_in_output
+    assert not seen[0].skip_special_tokens and not seen[0].spaces_between_special_tokens
+
+
+def test_stop_token_ids_outside_the_vocabulary_are_refused(tiny_model_dir):
+    from serving.errors import InvalidRequestError
+
+    gen, engine = make(tiny_model_dir, [[]])
+    vocab = len(gen._tokenizer)
+    with pytest.raises(InvalidRequestError, match=f"ids 0 to {vocab - 1}") as exc:
+        asyncio.run(gen.complete(request(gen, stop_token_ids=[1, vocab]), []))
+    assert exc.value.param == "stop_token_ids" and engine.calls == []
 
 
 def test_logit_bias_outside_the_vocabulary_is_refused_before_acceptance(tiny_model_dir):
