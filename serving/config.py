@@ -214,6 +214,16 @@ class DeploymentConfig(StrictModel):
             options["resources"] = dict(self.resources)
         return options
 
+    def serve_options(self, *, log_encoding: str, access_log_default: bool) -> dict[str, Any]:
+        """``serve.deployment`` options every role shares: actor resources, the ongoing and
+        queued bounds, autoscaling, logging (``access_log`` unset takes the role's default)."""
+        access_log = access_log_default if self.access_log is None else self.access_log
+        return {"ray_actor_options": self.actor_options(),
+                "max_ongoing_requests": self.max_ongoing_requests,
+                "max_queued_requests": self.max_queued_requests,
+                "autoscaling_config": self.autoscaling.to_serve(),
+                "logging_config": {"enable_access_log": access_log, "encoding": log_encoding}}
+
 
 class GeneratorDeploymentConfig(DeploymentConfig):
     """The GPU (or local CPU) generator deployment."""

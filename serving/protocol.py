@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serving.errors import elide
+from serving.errors import InvalidRequestError, elide
 
 SUPPORTED_PART_TYPES = ("text", "image_url")
 MAX_LOGIT_BIAS_TOKENS = 300
@@ -369,6 +369,22 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def list_page(items: list[Any], *, limit: int, after: str | None, what: str,
+              render: Any) -> dict[str, Any]:
+    """OpenAI's list object over ``items`` (already in listing order, each with an ``id``):
+    the ``limit`` after the one named ``after``; ``render`` makes each entry's JSON."""
+    if after:
+        ids = [item.id for item in items]
+        if after not in ids:
+            raise InvalidRequestError(f"after={after!r} is not a {what} in this listing",
+                                      param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return {"object": "list", "data": [render(item) for item in page],
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None, "has_more": len(items) > limit}
 
 
 def new_completion_id() -> str:

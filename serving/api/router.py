@@ -42,13 +42,5 @@ class Router:
 
 
 def router_deployment(config: ServingConfig) -> serve.Deployment:
-    dep = config.deployments.router
-    return serve.deployment(
-        Router, name=ROUTER,
-        ray_actor_options=dep.actor_options(),
-        max_ongoing_requests=dep.max_ongoing_requests,
-        max_queued_requests=dep.max_queued_requests,
-        autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": dep.access_log is not False,
-                        "encoding": config.server.log_encoding},
-    )
+    return serve.deployment(Router, name=ROUTER, **config.deployments.router.serve_options(
+        log_encoding=config.server.log_encoding, access_log_default=True))

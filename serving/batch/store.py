@@ -22,6 +22,7 @@ from typing import Any
 
 from serving.batch.record import BatchRecord, BatchStatus
 from serving.errors import InvalidRequestError, NotFoundError
+from serving.protocol import list_page
 from serving.storage.base import ObjectNotFound, ObjectStore
 
 BATCH_ID_RE = re.compile(r"^batch_[0-9a-f]{32}$")
@@ -95,16 +96,7 @@ class BatchStore:
                if k.endswith("/batch.json")}
         batches = sorted((self.load(owner, i) for i in ids if BATCH_ID_RE.match(i)),
                          key=lambda b: (b.created_at, b.id), reverse=True)
-        if after:
-            order = [b.id for b in batches]
-            if after not in order:
-                raise InvalidRequestError(f"after={after!r} is not a batch in this listing",
-                                          param="after")
-            batches = batches[order.index(after) + 1:]
-        page = batches[:limit]
-        return {"object": "list", "data": [self.view(b) for b in page],
-                "first_id": page[0].id if page else None,
-                "last_id": page[-1].id if page else None, "has_more": len(batches) > limit}
+        return list_page(batches, limit=limit, after=after, what="batch", render=self.view)
 
     # ---------------------------------------------------------------- input and parts
 

@@ -270,15 +270,11 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
         actor_options["num_gpus"] = dep.num_gpus_per_worker
     ingress = config.server.chat_entry == "generator"
     cls = _chat_ingress() if ingress else QVQGenerator
-    access_log = dep.access_log if dep.access_log is not None else ingress
     return serve.deployment(
         cls, name=GENERATOR,
-        ray_actor_options=actor_options,
-        max_ongoing_requests=dep.max_ongoing_requests,
-        max_queued_requests=dep.max_queued_requests,
-        autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": access_log,
-                        "encoding": config.server.log_encoding},
+        **{**dep.serve_options(log_encoding=config.server.log_encoding,
+                               access_log_default=ingress),
+           "ray_actor_options": actor_options},
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=60,
         **options,

@@ -294,13 +294,7 @@ class ImagePreprocessor:
 
 
 def preprocessor_deployment(config: ServingConfig) -> serve.Deployment:
-    dep = config.deployments.preprocessor
     return serve.deployment(
         ImagePreprocessor, name=PREPROCESSOR,
-        ray_actor_options=dep.actor_options(),
-        max_ongoing_requests=dep.max_ongoing_requests,
-        max_queued_requests=dep.max_queued_requests,
-        autoscaling_config=dep.autoscaling.to_serve(),
-        logging_config={"enable_access_log": bool(dep.access_log),
-                        "encoding": config.server.log_encoding},
-    )
+        **config.deployments.preprocessor.serve_options(
+            log_encoding=config.server.log_encoding, access_log_default=False))

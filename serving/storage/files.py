@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from serving.api.auth import caller_id
 from serving.errors import InvalidRequestError, NotFoundError
+from serving.protocol import list_page
 from serving.storage.base import ObjectNotFound, ObjectStore
 
 FILE_ID_RE = re.compile(r"^file-[0-9a-f]{32}$")
@@ -105,17 +106,8 @@ class FileStore:
         if purpose:
             files = [f for f in files if f.purpose == purpose]
         files.sort(key=lambda f: (f.created_at, f.id), reverse=order == "desc")
-        if after:
-            ids = [f.id for f in files]
-            if after not in ids:
-                raise InvalidRequestError(f"after={after!r} is not a file in this listing",
-                                          param="after")
-            files = files[ids.index(after) + 1:]
-        page = files[:limit]
-        return {"object": "list", "data": [f.to_dict() for f in page],
-                "first_id": page[0].id if page else None,
-                "last_id": page[-1].id if page else None,
-                "has_more": len(files) > limit}
+        return list_page(files, limit=limit, after=after, what="file",
+                         render=lambda f: f.to_dict())
 
     @property
     def max_bytes(self) -> int:

@@ -57,6 +57,19 @@ def make(tiny_model_dir, passes, **reasoning):
     return QVQGenerator(config, engine_factory=lambda _: engine), engine
 
 
+def sampling_options_of(engine: ScriptedEngine) -> list:
+    """The SamplingOptions of every engine call from now on."""
+    seen: list = []
+    generate = engine.generate
+
+    def spy(prompt, images, options, request_id, priority=0):
+        seen.append(options)
+        return generate(prompt, images, options, request_id, priority)
+
+    engine.generate = spy
+    return seen
+
+
 def request(gen, **fields) -> GenerationRequest:
     """Validated as the chat endpoint does, with the generator's config."""
     chat = ChatCompletionRequest(model="qvq-72b-preview",
@@ -138,14 +151,7 @@ def test_out_of_bounds_budget_is_refused_at_the_edge(tiny_model_dir):
 
 def test_sampling_extensions_reach_the_engine(tiny_model_dir):
     gen, engine = make(tiny_model_dir, [[("a", [1])]])
-    seen = []
-    generate = engine.generate
-
-    def spy(prompt, images, options, request_id, priority=0):
-        seen.append(options)
-        return generate(prompt, images, options, request_id, priority)
-
-    engine.generate = spy
+    seen = sampling_options_of(engine)
     asyncio.run(gen.complete(request(gen, max_tokens=8, min_tokens=3, ignore_eos=True,
                                      logit_bias={"7": 100, "9": -50.5}, top_k=20, min_p=0.05,
                                      repetition_penalty=1.1, stop_token_ids=[5, 6],
@@ -192,14 +198,7 @@ def test_min_tokens_above_the_granted_budget_is_a_400(tiny_model_dir):
 def test_conclude_pass_keeps_what_is_left_of_min_tokens(tiny_model_dir):
     thinking = [(f"w{i} ", [100 + i]) for i in range(50)]
     gen, engine = make(tiny_model_dir, [thinking, [("x", [9])] * 100], answer_budget_tokens=64)
-    seen = []
-    generate = engine.generate
-
-    def spy(prompt, images, options, request_id, priority=0):
-        seen.append(options)
-        return generate(prompt, images, options, request_id, priority)
-
-    engine.generate = spy
+    seen = sampling_options_of(engine)
     asyncio.run(gen.complete(request(gen, max_reasoning_tokens=20, max_tokens=400,
                                      min_tokens=30), []))
     assert [o.min_tokens for o in seen] == [30, 30 - 20 - len(gen._cue_ids)]
