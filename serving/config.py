@@ -83,6 +83,28 @@ class ModelConfig(StrictModel):
         return [self.served_name, *self.aliases]
 
 
+class DetailPixelsConfig(StrictModel):
+    """The pixel ceiling of each OpenAI ``image_url.detail`` value: an image is resized to at
+    most this many pixels (one visual token per 28x28 block, so the ceiling bounds what the image
+    costs in context and prefill). Each lies within [image.min_pixels, image.max_pixels];
+    unset takes the default named in its description."""
+
+    low: int | None = Field(
+        default=None, ge=28 * 28,
+        description="Ceiling for `detail: low`; None: image.min_pixels (a small fixed budget, "
+                    "256 tokens with the model card's bounds). A ceiling this tight is met "
+                    "only as closely as the 28-pixel grid allows: the grid may need one more "
+                    "row or column of tokens to stay at or above image.min_pixels.")
+    auto: int | None = Field(
+        default=None, ge=28 * 28,
+        description="Ceiling for `detail: auto` and for images that send no detail; None: "
+                    "image.max_pixels (every image at the deployment's full budget).")
+    high: int | None = Field(
+        default=None, ge=28 * 28,
+        description="Ceiling for `detail: high`; None: image.max_pixels (the model card's "
+                    "largest).")
+
+
 class ImageConfig(StrictModel):
     """Limits and geometry of request images (qwen-vl-utils' smart_resize rules)."""
 
@@ -112,12 +134,30 @@ class ImageConfig(StrictModel):
     allowed_formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]] = Field(
         default=["JPEG", "PNG", "WEBP", "GIF", "BMP"],
         description="Pillow decoders that may run on request bytes.")
+    detail_max_pixels: DetailPixelsConfig = Field(
+        default_factory=DetailPixelsConfig,
+        description="Pixel ceiling per `image_url.detail` value (low, auto, high); a request's "
+                    "own image_url.min_pixels / max_pixels win over it.")
 
     @model_validator(mode="after")
     def _bounds(self) -> ImageConfig:
         if self.min_pixels > self.max_pixels:
             raise ValueError("image.min_pixels must not exceed image.max_pixels")
+        # vLLM resizes again to [min_pixels, max_pixels] (engine args): a ceiling outside
+        # them would be undone by the engine, behind the prompt's token count.
+        for detail, ceiling in self.detail_max_pixels.model_dump().items():
+            if ceiling is not None and not self.min_pixels <= ceiling <= self.max_pixels:
+                raise ValueError(f"image.detail_max_pixels.{detail} is {ceiling}; it must lie "
+                                 f"within image.min_pixels..image.max_pixels "
+                                 f"({self.min_pixels}..{self.max_pixels})")
         return self
+
+    def detail_ceiling(self, detail: Literal["auto", "low", "high"]) -> int:
+        """The pixel ceiling of one ``image_url.detail`` value, defaults resolved."""
+        ceiling = getattr(self.detail_max_pixels, detail)
+        if ceiling is not None:
+            return ceiling
+        return self.min_pixels if detail == "low" else self.max_pixels
 
 
 class FetchConfig(StrictModel):
@@ -565,6 +605,14 @@ class ReasoningConfig(StrictModel):
                     "marker so the split recognises it.")
     per_key: dict[str, ReasoningBudgetPolicy] = Field(
         default_factory=dict, description="Thinking budget per API key id.")
+    structured_after_reasoning: bool = Field(
+        default=True, description="With a JSON response_format in split mode: reason freely "
+                                  "first, then decode the answer under the schema after the "
+                                  "final-answer marker. Off (or without split mode): the "
+                                  "schema constrains the output from its first token.")
+    structured_answer_tokens: int = Field(
+        default=1024, ge=1, description="Tokens kept back from max_tokens for the "
+                                        "schema-constrained answer after free reasoning.")
     include_language_stats: bool = Field(
         default=False, description="Default for requests without `include_language_stats`: "
                                    "add the script-mix counts to each choice.")
@@ -590,6 +638,37 @@ class ReasoningConfig(StrictModel):
         return self
 
 
+class StructuredOutputConfig(StrictModel):
+    """Limits on ``response_format`` schemas, checked at the edge (400 before any engine work),
+    and how the constrained answer is decoded."""
+
+    max_schema_bytes: int = Field(default=32 * 1024, ge=64,
+                                  description="Largest JSON schema (serialized) accepted.")
+    max_schema_depth: int = Field(default=16, ge=2,
+                                  description="Deepest nesting of objects/arrays in a schema.")
+    backend: Literal["guidance", "xgrammar"] = Field(
+        default="guidance", description="vLLM's grammar backend: guidance (llguidance) covers "
+                                        "the most of JSON Schema; xgrammar refuses more "
+                                        "schemas (a 400 before any answer).")
+    compact_json: bool = Field(
+        default=True, description="Decode JSON without optional whitespace: fewer tokens, and "
+                                  "no model can pad an answer with whitespace until max_tokens "
+                                  "(an engine argument: vLLM's grammar backends read it "
+                                  "engine-wide).")
+
+
+class RequestsConfig(StrictModel):
+    """What a single chat request may ask for beyond one plain answer."""
+
+    max_choices: int = Field(default=8, ge=1,
+                             description="Largest `n` (choices per request).")
+    priority_key_ids: list[str] = Field(
+        default_factory=list, description="API key ids allowed to set `priority` (others get "
+                                          "a 400 naming it).")
+    structured_output: StructuredOutputConfig = Field(
+        default_factory=StructuredOutputConfig, description="response_format limits.")
+
+
 class ServingConfig(StrictModel):
     """Root configuration: one model, its deployments, limits and callers."""
 
@@ -613,6 +692,8 @@ class ServingConfig(StrictModel):
                                        description="QVQ reasoning operations.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig,
                                  description="Per-key rate limits and batch quotas.")
+    requests: RequestsConfig = Field(default_factory=RequestsConfig,
+                                     description="Choices, priority and structured output.")
     data_dir: str = Field(default=".qvq", description="Caches and local state (vLLM, torch).")
 
     @property

@@ -49,8 +49,8 @@ class ApiMetrics:
         callers = callers or {}
         self.chat_entry = chat_entry  # the deployment whose admission refusals are counted
         self.requests = metrics.Counter(
-            "qvq_api_requests", description="API responses by route, HTTP status and key.",
-            tag_keys=("route", "status", "key"))
+            "qvq_api_requests", description="API responses by route, HTTP status, error code "
+            "(empty for a success) and key.", tag_keys=("route", "status", "code", "key"))
         self.latency = metrics.Histogram(
             "qvq_api_request_seconds", description="Time from request to the last byte.",
             boundaries=_SECONDS, tag_keys=("route",))

@@ -11,7 +11,14 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from serving.errors import InvalidRequestError, elide
 
@@ -25,8 +32,24 @@ class _Strict(BaseModel):
 
 
 class ImageURL(_Strict):
+    """OpenAI's ``image_url`` object, plus our per-image pixel bounds (sent inside it, as the
+    openai client passes unknown keys of the dict through). ``detail`` picks a configured
+    pixel ceiling (``image.detail_max_pixels``); explicit bounds win over it. Whether they lie
+    within the deployment's bounds is checked at the edge (serving.preprocess.sources)."""
+
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] = "auto"
+    # one visual token is a 28x28 block: fewer pixels cannot make an image
+    min_pixels: int | None = Field(default=None, ge=28 * 28)
+    max_pixels: int | None = Field(default=None, ge=28 * 28)
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _max_not_below_min(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_pixels")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"max_pixels ({value}) must not be below min_pixels ({low})")
+        return value
 
 
 class TextPart(_Strict):
@@ -112,18 +135,46 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat,
+                           Field(discriminator="type")]
+MAX_TOP_LOGPROBS = 20
+
+
 # vLLM's request fields this server does not take (vLLM's ChatCompletionRequest has them; a
-# test compares the two models, so a vLLM upgrade that adds or drops one shows up): tools and
-# structured output are not supported yet, the others change how the prompt is built or what
-# the server returns (we render the model's own template, once) or are vLLM-internal.
+# test compares the two models, so a vLLM upgrade that adds or drops one shows up): tools are
+# not supported yet; vLLM's own structured_outputs field is covered by OpenAI's
+# response_format; the others change how the prompt is built or what the server returns (we
+# render the model's own template, once) or are vLLM-internal.
 VLLM_FIELDS_NOT_ACCEPTED = frozenset({
-    "tools", "tool_choice", "parallel_tool_calls", "response_format", "structured_outputs",
-    "logprobs", "top_logprobs", "prompt_logprobs", "logprob_token_ids", "reasoning_effort",
+    "tools", "tool_choice", "parallel_tool_calls", "structured_outputs",
+    "prompt_logprobs", "logprob_token_ids", "reasoning_effort",
     "thinking_token_budget", "include_reasoning", "use_beam_search", "length_penalty",
-    "watermarking", "truncate_prompt_tokens", "truncation_side", "allowed_token_ids",
+    "watermarking", "truncation_side", "allowed_token_ids",
     "bad_words", "echo", "add_generation_prompt", "continue_final_message",
     "add_special_tokens", "documents", "chat_template", "chat_template_kwargs",
-    "media_io_kwargs", "mm_processor_kwargs", "priority", "request_id", "session_id",
+    "media_io_kwargs", "mm_processor_kwargs", "request_id", "session_id",
     "return_tokens_as_token_ids", "return_token_ids", "routed_experts_prompt_start",
     "return_token_offsets", "return_prompt_text", "mm_payload", "return_mm_kwargs",
     "cache_salt", "kv_transfer_params", "ec_transfer_params", "vllm_xargs",
@@ -147,7 +198,16 @@ class ChatCompletionRequest(_Strict):
         description="Sampling seed; vLLM seeds a torch generator with it, so it must fit int64.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request.")
+    n: int = Field(default=1, ge=1, description="Choices to generate for the prompt (up to the "
+                                                "deployment's requests.max_choices).")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object or json_schema: the answer is decoded "
+                                  "under the schema (after free reasoning in split mode).")
+    logprobs: bool = Field(default=False, description="Return each generated token's log "
+                                                      "probability.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
+                                     description="Most likely alternatives per token (needs "
+                                                 "logprobs).")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: str | None = None
@@ -189,6 +249,13 @@ class ChatCompletionRequest(_Strict):
         default=True, description="Leave special tokens out of the text.")
     spaces_between_special_tokens: bool = Field(
         default=True, description="Put spaces between special tokens in the text.")
+    truncate_prompt_tokens: int | None = Field(
+        default=None, ge=-1, description="Keep only the last k prompt tokens (-1: as many as "
+                                         "the context allows); never cuts into an image.")
+    priority: int | None = Field(
+        default=None, ge=-1000, le=1000,
+        description="Scheduling priority, lower first (0 by default); only for API keys "
+                    "listed in requests.priority_key_ids.")
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -235,6 +302,23 @@ class ChatCompletionRequest(_Strict):
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
                              f"({limit})")
         return self
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def logprobs_count(self) -> int | None:
+        """Alternatives per token the engine must return (None: no logprobs at all)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def structured(self) -> JsonObjectFormat | JsonSchemaFormat | None:
+        """The JSON constraint of this request, if any (``text`` is no constraint)."""
+        rf = self.response_format
+        return None if rf is None or isinstance(rf, TextFormat) else rf
 
     @model_validator(mode="after")
     def _stream_options(self) -> ChatCompletionRequest:
@@ -314,11 +398,30 @@ class ResponseMessage(BaseModel):
     reasoning_content: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's ``choices[].logprobs``; in split mode the reasoning tokens' entries are in
+    ``reasoning_content`` (our extension), so the two lists together hold one entry per
+    completion token."""
+
+    content: list[TokenLogprob] | None
+    reasoning_content: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     stop_reason: str | None = None  # why generation ended early: "loop_detected"
     qvq: dict[str, Any] | None = None  # reasoning report (final answer, boxes, loop, budget)
 
@@ -343,7 +446,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     stop_reason: str | None = None
     qvq: dict[str, Any] | None = None
 

@@ -30,7 +30,7 @@ from serving.api.auth import caller_id
 from serving.api.limits import RateLease
 from serving.config import ServingConfig
 from serving.errors import RateLimitError, ServiceUnavailableError, unwrap
-from serving.messages import GenerationEvent, GenerationRequest
+from serving.messages import Completion, GenerationRequest
 from serving.metrics import ApiMetrics
 from serving.preprocess.geometry import visual_tokens
 from serving.protocol import TextPart
@@ -49,6 +49,7 @@ class RequestScope:
     key_id: str | None = None
     authenticated: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    error_code: str = ""  # an error response's OpenAI code (or type), for the metrics
 
     @property
     def caller(self) -> str:
@@ -94,10 +95,12 @@ def estimate_tokens(request: GenerationRequest, *, max_pixels: int,
             chars += len(content)
         elif isinstance(content, list):
             chars += sum(len(part.text) for part in content if isinstance(part, TextPart))
-    side = int(max_pixels ** 0.5)
-    image_tokens = len(request.images) * visual_tokens(side, side)
+    image_tokens = 0
+    for image in request.images:  # each at its largest grid, within its own pixel budget
+        side = int((image.max_pixels or max_pixels) ** 0.5)
+        image_tokens += visual_tokens(side, side)
     return chars // CHARS_PER_TOKEN + image_tokens + (chat.requested_max_tokens
-                                                      or default_max_tokens)
+                                                      or default_max_tokens) * chat.n
 
 
 class Gatekeeper:
@@ -173,15 +176,15 @@ class Gatekeeper:
         except Exception:  # noqa: BLE001 - headers are informative only
             return {}
 
-    def leave(self, ticket: Ticket, final: GenerationEvent | None) -> None:
+    def leave(self, ticket: Ticket, final: Completion | None) -> None:
         """Request over (finished, failed or cancelled): free its slot, settle its tokens."""
         self.in_flight -= 1
         if final is not None:
             tokens = self._metrics.tokens
             tokens.inc(final.prompt_tokens, tags={"key": ticket.caller, "kind": "prompt"})
             tokens.inc(final.completion_tokens, tags={"key": ticket.caller, "kind": "completion"})
-            if final.outcome is not None:
-                tokens.inc(final.outcome.reasoning_tokens,
+            if final.reasoning_tokens is not None:
+                tokens.inc(final.reasoning_tokens,
                            tags={"key": ticket.caller, "kind": "reasoning"})
         rate_lease = ticket.rate_lease
         if rate_lease is not None and self._limiter is not None:

@@ -49,11 +49,12 @@ from serving.errors import (
 )
 from serving.messages import (
     LIVE_PRIORITY,
+    Completion,
     GenerationEvent,
     GenerationRequest,
     PreparedImage,
     completion_response,
-    usage_of,
+    wire_logprobs,
 )
 from serving.metrics import ApiMetrics
 from serving.protocol import (
@@ -101,8 +102,8 @@ class Generation(Protocol):
     """Where a validated request is generated: here, or on a generator replica."""
 
     async def complete(self, request: GenerationRequest,
-                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
-        """The whole answer as one ``final`` event (text, reasoning, counts, report).
+                       priority: int = LIVE_PRIORITY) -> Completion:
+        """The whole answer: each choice's ``final`` event (text, reasoning, counts, report).
         ``priority``: LIVE_PRIORITY for API traffic, BATCH_PRIORITY for batch lines."""
         ...
 
@@ -133,7 +134,7 @@ class LocalGeneration:
                                   lambda: self._pre.prepare.remote(sources), self._retries)
 
     async def complete(self, request: GenerationRequest,
-                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
+                       priority: int = LIVE_PRIORITY) -> Completion:
         return await self._gen.complete(request, await self._images(request), priority)
 
     async def open_stream(self, request: GenerationRequest) -> tuple[GenerationEvent, Batches]:
@@ -170,7 +171,7 @@ class RemoteGeneration:
         return self._pre.prepare.remote(list(request.images)) if request.images else []
 
     async def complete(self, request: GenerationRequest,
-                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
+                       priority: int = LIVE_PRIORITY) -> Completion:
         return await with_retries(
             request.request_id,
             lambda: self._gen.complete.remote(request, self._images(request), priority),
@@ -224,8 +225,9 @@ class ChunkRenderer:
                                    model=self._model, choices=choices, usage=usage)
         return b"data: " + body.model_dump_json(exclude_none=usage is None).encode() + b"\n\n"
 
-    def role(self) -> bytes:
-        return self._model_chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    def role(self, index: int = 0) -> bytes:
+        return self._model_chunk([ChunkChoice(index=index,
+                                              delta=Delta(role="assistant", content=""))])
 
     def delta(self, content: str, reasoning: str) -> bytes:
         fields = {}
@@ -236,8 +238,19 @@ class ChunkRenderer:
         return self._head + json.dumps(fields, ensure_ascii=False,
                                        separators=(",", ":")).encode() + b"}]}\n\n"
 
+    def event(self, event: GenerationEvent, with_logprobs: bool) -> bytes:
+        """A delta event: the fast path for choice 0 without logprobs, else from the models."""
+        if event.index == 0 and not with_logprobs:
+            return self.delta(event.text, event.reasoning)
+        delta = Delta(content=event.text or None, reasoning_content=event.reasoning or None)
+        logprobs = wire_logprobs(event.logprobs, event.reasoning_logprobs) \
+            if with_logprobs else None
+        return self._model_chunk([ChunkChoice(index=event.index, delta=delta,
+                                              logprobs=logprobs)])
+
     def final(self, final: GenerationEvent) -> bytes:
-        return self._model_chunk([ChunkChoice(delta=Delta(), finish_reason=final.finish_reason,
+        return self._model_chunk([ChunkChoice(index=final.index, delta=Delta(),
+                                              finish_reason=final.finish_reason,
                                               stop_reason=final.stop_reason,
                                               qvq=final.report())])
 
@@ -289,21 +302,22 @@ class ChatEndpoint:
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               **image_headers(accepted)})
-        completion, final = await self.complete(chat, key_id)
-        response = json_response(completion)
-        response.headers.update(image_headers(final))
+        body, completion = await self.complete(chat, key_id)
+        response = json_response(body)
+        response.headers.update(image_headers(completion))
         return response
 
     async def complete(self, chat: ChatCompletionRequest,
-                       key_id: str | None) -> tuple[ChatCompletion, GenerationEvent]:
+                       key_id: str | None) -> tuple[ChatCompletion, Completion]:
         request = self.validate(chat, key_id)
         ticket = await self.gate.enter(request)
-        final: GenerationEvent | None = None
+        completion: Completion | None = None
         try:
-            final = await self.generation.complete(request)
+            completion = await self.generation.complete(request)
         finally:
-            self.gate.leave(ticket, final)
-        return completion_response(request.request_id, request.created, chat.model, final), final
+            self.gate.leave(ticket, completion)
+        return completion_response(request.request_id, request.created, chat.model, completion,
+                                   with_logprobs=chat.logprobs), completion
 
     async def open_stream(self, chat: ChatCompletionRequest,
                           key_id: str | None) -> tuple[AsyncIterator[bytes], GenerationEvent]:
@@ -324,26 +338,30 @@ class ChatEndpoint:
         usage chunk; an error after the headers went out becomes an error event."""
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         chunks = ChunkRenderer(request.request_id, request.created, chat.model)
-        final = None
+        finals: dict[int, GenerationEvent] = {}
+        completion = None
         first_text = True
         try:
-            yield chunks.role()
+            for index in range(chat.n):
+                yield chunks.role(index)
             async with aclosing(batches):
                 async for batch in batches:
                     for event in batch:
-                        if event.text or event.reasoning:
+                        if event.text or event.reasoning or event.logprobs \
+                                or event.reasoning_logprobs:
                             if first_text and scope is not None:
                                 first_text = False
                                 self.metrics.stream_ttft.observe(time.monotonic()
                                                                  - scope.started)
-                            yield chunks.delta(event.text, event.reasoning)
+                            yield chunks.event(event, chat.logprobs)
                         if event.kind == "final":
-                            final = event
-            if final is None:
+                            finals[event.index] = event
+                            yield chunks.final(event)
+            if len(finals) != chat.n:
                 raise ServiceUnavailableError("generation ended without a result; retry")
-            yield chunks.final(final)
+            completion = Completion(tuple(finals[i] for i in range(chat.n)))
             if include_usage:
-                yield chunks.usage(usage_of(final))
+                yield chunks.usage(completion.usage())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - becomes an OpenAI error event
@@ -352,7 +370,7 @@ class ChatEndpoint:
                 logger.error("stream %s failed: %r", request.request_id, exc)
             yield b"data: " + json.dumps(api_exc.to_openai()).encode() + b"\n\n"
         finally:
-            self.gate.leave(ticket, final)
+            self.gate.leave(ticket, completion)
         yield b"data: [DONE]\n\n"
 
     async def health(self) -> dict[str, str]:

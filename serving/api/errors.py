@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.api.admission import current_scope
 from serving.errors import (
     APIError,
     InvalidRequestError,
@@ -50,12 +51,29 @@ def _param_path(loc: tuple) -> str | None:
     return out or None
 
 
+def _deepest_union_member(errors: list) -> dict:
+    """The first error, unless it only says the value is not one union member while another
+    member's error under the same field goes deeper: a content list with a bad image_url
+    fails as ``content.str`` ("not a valid string") first, and the list member's error is the
+    one that names the field to fix (``messages[0].content[1].image_url.max_pixels``)."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if not loc or loc[-1] not in _UNION_TAGS:
+        return first
+    field = loc[:-1]
+    for err in errors[1:]:
+        other = tuple(err.get("loc", ()))
+        if other[:len(field)] == field and len(other) > len(loc):
+            return err
+    return first
+
+
 def validation_to_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
     """Turn the first schema problem into a 400 that names the field and what to fix."""
     errors = exc.errors()
     if not errors:
         return InvalidRequestError("request body does not match the schema")
-    err = errors[0]
+    err = _deepest_union_member(errors)
     param = _param_path(tuple(err.get("loc", ())))
     param = elide(param, _MAX_PARAM_CHARS) if param else param
     kind = err.get("type", "")
@@ -89,6 +107,10 @@ def error_response(exc: BaseException) -> JSONResponse:
         logger.info("%d %s%s: %s", api_exc.status_code, body.get("code") or body["type"],
                     f" (param {body['param']})" if body.get("param") else "",
                     elide(api_exc.message, 300))
+    scope = current_scope()
+    if scope is not None:
+        body = api_exc.to_openai()["error"]
+        scope.error_code = body.get("code") or body["type"]
     return JSONResponse(api_exc.to_openai(), status_code=api_exc.status_code,
                         headers=api_exc.response_headers() or None)
 
@@ -103,9 +125,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             err = InvalidRequestError(f"method {_request.method} is not allowed on "
                                       f"{_request.url.path}", code="method_not_allowed")
-            return JSONResponse(err.to_openai(), status_code=405)
+            err.status_code = 405
+            return error_response(err)
         err = InvalidRequestError(str(exc.detail))
-        return JSONResponse(err.to_openai(), status_code=exc.status_code)
+        err.status_code = exc.status_code
+        return error_response(err)
 
     app.add_exception_handler(RequestValidationError, on_any)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -11,11 +11,11 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from serving.errors import ImageError, InvalidRequestError, PayloadTooLargeError
-from serving.messages import GenerationEvent
+from serving.messages import Completion, GenerationEvent
 from serving.preprocess.sources import describe_size
 
 
-def image_headers(event: GenerationEvent) -> dict[str, str]:
+def image_headers(event: GenerationEvent | Completion) -> dict[str, str]:
     """``x-qvq-image-cache: miss,memory``: per image, where its pixels came from."""
     return {"x-qvq-image-cache": ",".join(event.image_cache)} if event.image_cache else {}
 

@@ -55,6 +55,7 @@ class ApiMiddleware:
                     headers[name] = value
                 chat.metrics.requests.inc(tags={"route": route_name(scope),
                                                 "status": str(message["status"]),
+                                                "code": request_scope.error_code,
                                                 "key": request_scope.caller})
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 chat.metrics.latency.observe(time.monotonic() - request_scope.started,

@@ -275,9 +275,9 @@ class BatchRunner:
         was validated; this parses the stored copy, which is what survives a restart."""
         chat = ChatCompletionRequest.model_validate(body)
         request = validate_chat(self._config, chat, batch.owner, request_id=request_id)
-        final = await self._generation.complete(request, BATCH_PRIORITY)
-        return completion_response(request_id, request.created, chat.model,
-                                   final).model_dump(mode="json")
+        completion = await self._generation.complete(request, BATCH_PRIORITY)
+        return completion_response(request_id, request.created, chat.model, completion,
+                                   with_logprobs=chat.logprobs).model_dump(mode="json")
 
 
 def runner_deployment(config: ServingConfig) -> serve.Deployment:

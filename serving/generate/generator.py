@@ -14,7 +14,9 @@ caching makes the second pass reuse the first pass's KV blocks).
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,7 +28,7 @@ from ray import serve
 from serving.config import ServingConfig
 from serving.errors import InvalidRequestError
 from serving.generate.engine.args import engine_env
-from serving.generate.engine.protocol import Engine, SamplingOptions
+from serving.generate.engine.protocol import Engine, JsonConstraint, SamplingOptions
 from serving.generate.engine.vllm_engine import VLLMEngine
 from serving.generate.prompt import PromptBuilder, RenderedPrompt
 from serving.generate.reasoning.session import Next, ReasoningSession
@@ -35,11 +37,14 @@ from serving.generate.streaming import coalesce
 from serving.logs import route_to_serve_logs
 from serving.messages import (
     LIVE_PRIORITY,
+    Completion,
     GenerationEvent,
     GenerationRequest,
     PreparedImage,
+    forced,
 )
 from serving.metrics import GeneratorMetrics
+from serving.protocol import ChatCompletionRequest, JsonSchemaFormat
 from serving.roles import GENERATOR
 
 logger = logging.getLogger("qvq.generator")
@@ -64,6 +69,7 @@ class QVQGenerator:
         self._filler_ids = filler_token_ids(tokenizer)
         self._cue_ids = tuple(tokenizer.encode(config.reasoning.final_answer_cue,
                                                add_special_tokens=False))
+        self._cue_tokens = tuple(tokenizer.decode([token]) for token in self._cue_ids)
         self._metrics = GeneratorMetrics(config.model.served_name)
         self._engine: Engine = (engine_factory or VLLMEngine)(config)
         # Everything loaded so far (torch, transformers, vLLM, the tokenizer) lives as long as
@@ -86,7 +92,15 @@ class QVQGenerator:
             stop_token_ids=self._known_tokens(chat.stop_token_ids or (), "stop_token_ids"),
             include_stop_str_in_output=chat.include_stop_str_in_output,
             skip_special_tokens=chat.skip_special_tokens,
-            spaces_between_special_tokens=chat.spaces_between_special_tokens)
+            spaces_between_special_tokens=chat.spaces_between_special_tokens,
+            logprobs=chat.logprobs_count, json=self._json_constraint(chat))
+
+    def _json_constraint(self, chat: ChatCompletionRequest) -> JsonConstraint | None:
+        fmt = chat.structured
+        if fmt is None:
+            return None
+        schema = fmt.json_schema.schema_ if isinstance(fmt, JsonSchemaFormat) else None
+        return JsonConstraint(schema=None if schema is None else json.dumps(schema))
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         if not bias:
@@ -107,59 +121,107 @@ class QVQGenerator:
         return tuple(ids)
 
     async def _generate(self, request: GenerationRequest, images: Sequence[PreparedImage],
-                        priority: int) -> AsyncIterator[GenerationEvent]:
-        """accepted, deltas (reasoning and/or content), final: one pass, or two when the
-        thinking budget runs out (the second continues after the final-answer cue)."""
+                        tier: int) -> AsyncIterator[GenerationEvent]:
+        """accepted, then each choice's deltas (reasoning and/or content) and its final event.
+
+        The prompt is rendered and the options checked once for all ``n`` choices; each choice
+        is its own engine request (prefix caching shares the prompt's KV between them), so
+        the reasoning operations run per choice. ``tier``: LIVE_PRIORITY or BATCH_PRIORITY,
+        to which the request's own priority is added.
+        """
         started = time.monotonic()
         rendered = self._prompts.render(request.chat, images)
-        options = request.reasoning  # resolved once, at the edge
         sampling = self._options(request, rendered)
+        self._engine.check(sampling)  # a schema the engine cannot compile is a 400, here
         yield GenerationEvent("accepted", prompt_tokens=rendered.num_tokens,
                               image_cache=tuple(i.cache for i in images))
+        priority = tier + request.priority
+        n = request.chat.n
+        if n == 1:
+            async with aclosing(self._choice(0, request, rendered, sampling, images, priority,
+                                             started)) as events:
+                async for event in events:
+                    yield event
+            return
+        choices = [self._choice(i, request, rendered, replace(sampling, seed=choice_seed(
+            sampling.seed, i)), images, priority, started) for i in range(n)]
+        async with aclosing(interleave(choices)) as events:
+            async for event in events:
+                yield event
+
+    async def _choice(self, index: int, request: GenerationRequest, rendered: RenderedPrompt,
+                      sampling: SamplingOptions, images: Sequence[PreparedImage],
+                      priority: int, started: float) -> AsyncIterator[GenerationEvent]:
+        """One choice: deltas, then its final event. One engine pass, or two: when the
+        thinking budget runs out (the second continues after the final-answer cue), and with
+        a JSON response_format in split mode (free reasoning, then the answer under the
+        schema after the marker the model wrote, or after the cue)."""
+        options = request.reasoning  # resolved once, at the edge
         session = ReasoningSession(options, self._filler_ids)
         prompt_tokens, finish_reason = rendered.num_tokens, None
         first_token_at = queue_s = None
         action = Next.CONTINUE
-        passes = [(rendered.token_ids, sampling, request.request_id)]
+        request_id = request.request_id if index == 0 else f"{request.request_id}-{index}"
+        first = sampling
+        if options.reason_then_schema:
+            reserve = min(options.schema_answer_tokens, sampling.max_tokens // 2)
+            budget = max(1, sampling.max_tokens - reserve)
+            first = replace(sampling, json=None, max_tokens=budget,
+                            min_tokens=min(sampling.min_tokens, budget))
+        passes = [(rendered.token_ids, first, request_id)]
         while passes:
             prompt_ids, pass_sampling, engine_request_id = passes.pop()
             async with aclosing(self._engine.generate(prompt_ids, images, pass_sampling,
                                                       engine_request_id,
                                                       priority=priority)) as steps:
                 async for step in steps:
-                    if engine_request_id == request.request_id:
+                    if engine_request_id == request_id:
                         prompt_tokens = step.prompt_tokens or prompt_tokens
                         queue_s = step.queue_s if step.queue_s is not None else queue_s
                     if first_token_at is None and step.token_ids:
                         first_token_at = time.monotonic()
+                    reasoning_tokens = options.split and session.in_reasoning
                     deltas, action = session.feed(step.text, step.token_ids)
-                    if deltas:
-                        yield GenerationEvent("delta", text=deltas.content,
-                                              reasoning=deltas.reasoning)
+                    if deltas or step.logprobs:
+                        yield GenerationEvent(
+                            "delta", text=deltas.content, reasoning=deltas.reasoning,
+                            index=index,
+                            logprobs=() if reasoning_tokens else step.logprobs,
+                            reasoning_logprobs=step.logprobs if reasoning_tokens else ())
                     finish_reason = step.finish_reason
                     if action is not Next.CONTINUE and finish_reason is None:
                         break  # closing the steps aborts the request in the engine
+            reasoning_pass = options.reason_then_schema and not session.answer_pass
             if action is Next.STOP_LOOP:
                 finish_reason = "length"  # cut short, as by max_tokens; stop_reason says why
-            elif action is Next.CONCLUDE and finish_reason is None:
-                room = rendered.max_tokens - session.completion_tokens - len(self._cue_ids)
-                deltas = session.inject_cue(options.final_answer_cue, self._cue_ids)
-                if deltas:
-                    yield GenerationEvent("delta", text=deltas.content,
-                                          reasoning=deltas.reasoning)
+            elif reasoning_pass or (action is Next.CONCLUDE and finish_reason is None):
                 finish_reason = "length"
+                if action is not Next.ANSWER:  # no marker written: the cue ends the reasoning
+                    if rendered.max_tokens - session.completion_tokens < len(self._cue_ids):
+                        continue
+                    deltas = session.inject_cue(options.final_answer_cue, self._cue_ids)
+                    cue = tuple(forced(token) for token in self._cue_tokens) \
+                        if sampling.logprobs is not None else ()
+                    yield GenerationEvent("delta", text=deltas.content,
+                                          reasoning=deltas.reasoning, index=index, logprobs=cue)
+                room = rendered.max_tokens - session.completion_tokens
                 if room >= 1:
-                    budget = min(options.answer_budget_tokens, room)
+                    if reasoning_pass:
+                        session.start_answer_pass()
+                        budget, suffix = room, "answer"
+                    else:
+                        budget, suffix = min(options.answer_budget_tokens, room), "conclude"
                     answer = replace(sampling, max_tokens=budget, min_tokens=min(
                         budget, max(0, sampling.min_tokens - session.completion_tokens)))
                     passes.append((rendered.token_ids + session.generated_ids, answer,
-                                   f"{request.request_id}-conclude"))
+                                   f"{request_id}-{suffix}"))
         deltas, outcome = session.finish()
         if deltas:
-            yield GenerationEvent("delta", text=deltas.content, reasoning=deltas.reasoning)
+            yield GenerationEvent("delta", text=deltas.content, reasoning=deltas.reasoning,
+                                  index=index)
         self._metrics.record(outcome)
         logger.info("%s done: %d prompt + %d completion tokens (%d reasoning), finish %s%s",
-                    request.request_id, prompt_tokens, session.completion_tokens,
+                    request_id, prompt_tokens, session.completion_tokens,
                     outcome.reasoning_tokens, finish_reason or "stop",
                     f", loop {outcome.loop_action} (period {outcome.loop.period})"
                     if outcome.loop else "")
@@ -170,7 +232,7 @@ class QVQGenerator:
         yield GenerationEvent("final", prompt_tokens=prompt_tokens,
                               completion_tokens=session.completion_tokens,
                               finish_reason=finish_reason or "stop", outcome=outcome,
-                              image_cache=tuple(i.cache for i in images))
+                              image_cache=tuple(i.cache for i in images), index=index)
 
     async def live_events(self, request: GenerationRequest,
                           images: Sequence[PreparedImage]) -> AsyncIterator[GenerationEvent]:
@@ -195,33 +257,31 @@ class QVQGenerator:
                 yield batch
 
     async def complete(self, request: GenerationRequest, images: Sequence[PreparedImage],
-                       priority: int = LIVE_PRIORITY) -> GenerationEvent:
-        """The whole completion as one ``final`` event (text, reasoning, counts, report).
+                       priority: int = LIVE_PRIORITY) -> Completion:
+        """The whole completion: each choice's ``final`` event with its text, reasoning,
+        logprobs, counts and report.
 
         ``priority``: LIVE_PRIORITY for API traffic, BATCH_PRIORITY for batch jobs, which
         the engine's scheduler serves after live requests. In split mode an answer without a
         final-answer marker keeps all its text in ``content`` (the report says so).
         """
         kind = "live" if priority == LIVE_PRIORITY else "batch"
-        content: list[str] = []
-        reasoning: list[str] = []
-        final = None
+        parts: dict[int, list[GenerationEvent]] = {}
+        finals: dict[int, GenerationEvent] = {}
         self._in_flight[kind] += 1
         try:
             async with aclosing(self._generate(request, images, priority)) as events:
                 async for event in events:
-                    content.append(event.text)
-                    reasoning.append(event.reasoning)
-                    if event.kind == "final":
-                        final = event
+                    if event.kind == "delta":
+                        parts.setdefault(event.index, []).append(event)
+                    elif event.kind == "final":
+                        finals[event.index] = event
         finally:
             self._in_flight[kind] -= 1
-        if final is None:  # pragma: no cover - _generate always ends with a final event
+        if len(finals) != request.chat.n:  # pragma: no cover - every choice ends with a final
             raise RuntimeError("engine produced no output")
-        text, thoughts = "".join(content), "".join(reasoning)
-        if final.outcome.split and not final.outcome.final_answer_found:
-            text, thoughts = thoughts + text, ""
-        return replace(final, text=text, reasoning=thoughts)
+        return Completion(tuple(_assembled(finals[i], parts.get(i, []))
+                                for i in range(request.chat.n)))
 
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is dead, so Serve replaces us."""
@@ -243,6 +303,61 @@ class QVQGenerator:
                 engine.shutdown()
             except Exception:  # noqa: BLE001 - best effort during teardown
                 pass
+
+
+def _assembled(final: GenerationEvent, deltas: Sequence[GenerationEvent]) -> GenerationEvent:
+    """A choice's final event with the text, reasoning and logprobs of its deltas."""
+    text = "".join(d.text for d in deltas)
+    thoughts = "".join(d.reasoning for d in deltas)
+    logprobs = tuple(lp for d in deltas for lp in d.logprobs)
+    reasoning_logprobs = tuple(lp for d in deltas for lp in d.reasoning_logprobs)
+    if final.outcome.split and not final.outcome.final_answer_found:
+        text, thoughts = thoughts + text, ""
+        logprobs, reasoning_logprobs = reasoning_logprobs + logprobs, ()
+    return replace(final, text=text, reasoning=thoughts, logprobs=logprobs,
+                   reasoning_logprobs=reasoning_logprobs)
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Choice ``index``'s seed: distinct choices from one seeded request, each reproducible
+    (kept within int64, which vLLM's generator takes)."""
+    if seed is None:
+        return None
+    return seed + index if seed + index < 2**63 else seed - index
+
+
+async def interleave(streams: Sequence[AsyncIterator[GenerationEvent]]
+                     ) -> AsyncIterator[GenerationEvent]:
+    """The events of several choices as they come. Closing this cancels every stream (which
+    aborts their engine requests); the first error of any stream is raised here."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(stream: AsyncIterator[GenerationEvent]) -> None:
+        try:
+            async with aclosing(stream):
+                async for event in stream:
+                    queue.put_nowait(event)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(done)
+
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is done:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def generator_deployment(config: ServingConfig) -> serve.Deployment:

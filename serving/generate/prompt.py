@@ -24,6 +24,8 @@ from serving.protocol import (
     TextPart,
 )
 
+VISION_START = "<|vision_start|>"  # opens each image's block in Qwen2-VL's template
+
 
 @dataclass(frozen=True, slots=True)
 class RenderedPrompt:
@@ -61,6 +63,7 @@ class PromptBuilder:
     def __init__(self, model: ModelConfig, tokenizer: Any):
         self._model = model
         self._tokenizer = tokenizer
+        self._vision_start = tokenizer.convert_tokens_to_ids(VISION_START)
         # The Rust tokenizer itself when there is one: transformers' Python call path around it
         # costs more than the encoding (padding and truncation strategies, batching), and this
         # runs once per request in the generator's process. Same ids
@@ -83,6 +86,9 @@ class PromptBuilder:
         n_tokens = len(token_ids) + sum(visual_tokens(i.height, i.width) - 1 for i in images)
         limit = self._model.max_model_len
         requested = chat.requested_max_tokens
+        if chat.truncate_prompt_tokens is not None:
+            token_ids, n_tokens = self._truncated(token_ids, n_tokens, chat.truncate_prompt_tokens,
+                                                  limit - (requested or 1))
         room = limit - n_tokens
         if requested is not None and n_tokens + requested > limit:
             param = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
@@ -102,3 +108,21 @@ class PromptBuilder:
                 f"min_tokens ({chat.min_tokens}) is above the {max_tokens} completion tokens "
                 "this request gets; lower min_tokens or set max_tokens", param="min_tokens")
         return RenderedPrompt(token_ids=token_ids, num_tokens=n_tokens, max_tokens=max_tokens)
+
+    def _truncated(self, token_ids: list[int], n_tokens: int, keep: int,
+                   fits: int) -> tuple[list[int], int]:
+        """The last ``keep`` prompt tokens (-1: as many as fit beside the completion). Only
+        text before the first image can go: an image is all of its tokens or none."""
+        keep = fits if keep == -1 else keep
+        drop = n_tokens - keep
+        if drop <= 0:
+            return token_ids, n_tokens
+        text_before_image = token_ids.index(self._vision_start) \
+            if self._vision_start in token_ids else len(token_ids)
+        if drop > text_before_image:
+            raise InvalidRequestError(
+                f"keeping the last {keep} of the prompt's {n_tokens} tokens would cut into its "
+                f"first image (only the {text_before_image} tokens before it can go); keep at "
+                f"least {n_tokens - text_before_image}, or send fewer or smaller images",
+                param="truncate_prompt_tokens")
+        return token_ids[drop:], n_tokens - drop

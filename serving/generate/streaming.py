@@ -23,15 +23,19 @@ _END = object()
 
 
 def merge_deltas(events: list[GenerationEvent]) -> tuple[GenerationEvent, ...]:
-    """Consecutive ``delta`` events become one (text and reasoning concatenated, in order);
-    other events keep their place."""
+    """Consecutive ``delta`` events of one choice become one (text, reasoning and their
+    logprobs concatenated, in order); other events keep their place."""
     out: list[GenerationEvent] = []
     for event in events:
         last = out[-1] if out else None
         if event.kind == "delta" and last is not None and last.kind == "delta" \
+                and last.index == event.index \
                 and not (last.text and event.reasoning):  # reasoning never follows content
             out[-1] = replace(last, text=last.text + event.text,
-                              reasoning=last.reasoning + event.reasoning)
+                              reasoning=last.reasoning + event.reasoning,
+                              logprobs=last.logprobs + event.logprobs,
+                              reasoning_logprobs=last.reasoning_logprobs
+                              + event.reasoning_logprobs)
         else:
             out.append(event)
     return tuple(out)

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serving.errors import ImageError
 from serving.messages import PreparedImage
-from serving.preprocess.geometry import smart_resize
+from serving.preprocess.geometry import budgeted_resize, smart_resize
 
 # Magic numbers of formats we refuse, so the error can name what was sent.
 _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -117,6 +117,7 @@ def resize_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pixels: int,
                  allowed_formats: Sequence[str], sha256: str | None = None,
                  jpeg_draft_coverage: float = 0.85,
+                 engine_bounds: tuple[int, int] | None = None,
                  timings: dict[str, float] | None = None) -> PreparedImage:
     """Decode ``data`` and return it resized to the model's grid (HxWx3 uint8).
 
@@ -124,6 +125,9 @@ def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pi
     still covers this fraction of the target on each side; the final resize then scales it up
     the last few percent. 0.85 measured ≥ 44 dB PSNR against full decode + resize on photos
     (loadtest.bench_preprocess) at roughly half the decode time; 1.0 never upscales.
+    ``engine_bounds``: the (min, max) pixels the engine resizes to again, when ``min_pixels``
+    / ``max_pixels`` are one image's own budget; the target is then a size that step keeps
+    (:func:`~serving.preprocess.geometry.budgeted_resize`).
     ``timings``, when given, receives the seconds spent decoding and resizing.
     """
     started = time.perf_counter()
@@ -135,7 +139,13 @@ def decode_image(data: bytes, *, min_pixels: int, max_pixels: int, max_source_pi
                          f"{max_source_pixels:,}-pixel limit; downscale it before sending")
     orientation = _orientation(img)
     src_w, src_h = (height, width) if orientation in _ORIENTATION_SWAPS_AXES else (width, height)
-    target_h, target_w = smart_resize(src_h, src_w, min_pixels=min_pixels, max_pixels=max_pixels)
+    if engine_bounds is None:
+        target_h, target_w = smart_resize(src_h, src_w, min_pixels=min_pixels,
+                                          max_pixels=max_pixels)
+    else:
+        target_h, target_w = budgeted_resize(
+            src_h, src_w, min_pixels=min_pixels, max_pixels=max_pixels,
+            engine_min_pixels=engine_bounds[0], engine_max_pixels=engine_bounds[1])
     try:
         if fmt == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target: DCT scaling

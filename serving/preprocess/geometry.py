@@ -48,6 +48,21 @@ def smart_resize(height: int, width: int, *, min_pixels: int, max_pixels: int,
     return h_bar, w_bar
 
 
+def budgeted_resize(height: int, width: int, *, min_pixels: int, max_pixels: int,
+                    engine_min_pixels: int, engine_max_pixels: int) -> tuple[int, int]:
+    """Target (height, width) for one image's own pixel budget, as the engine will keep it.
+
+    vLLM's Qwen2-VL processor runs ``smart_resize`` again with the deployment's bounds (engine
+    args' ``mm_processor_kwargs``); a size on the grid whose pixel count lies within them comes
+    back unchanged. A per-image budget lies within the deployment's bounds, but flooring to the
+    grid can land under its min (a budget narrower than one row of tokens, e.g. low detail at
+    exactly min_pixels), and the engine would then scale the image up behind the prompt's
+    token count. Applying the engine's step here makes the prepared size the engine's size.
+    """
+    h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+    return smart_resize(h, w, min_pixels=engine_min_pixels, max_pixels=engine_max_pixels)
+
+
 def visual_tokens(height: int, width: int, factor: int = IMAGE_FACTOR) -> int:
     """Visual tokens of an image already on the grid (one per factor x factor block)."""
     return (height // factor) * (width // factor)

@@ -6,8 +6,10 @@ travel to the generator through Ray's object store (no base64 on the way).
 
 A repeated image costs no decode: pixels are cached under (SHA-256 of the bytes, resize
 bounds) in an in-memory LRU and in the object store, and concurrent requests for the same image
-share one decode. It also owns the image store: request images are kept content-addressed,
-and uploads (/v1/images) are validated by decoding them here.
+share one decode. The bounds are each image's own (resolved at the edge from ``detail`` or
+explicit bounds), so one image at two budgets is two entries. It also owns the image store:
+request images are kept content-addressed, and uploads (/v1/images) are validated by decoding
+them here.
 """
 
 from __future__ import annotations
@@ -128,11 +130,17 @@ class ImagePreprocessor:
             for t in tasks:
                 t.cancel()
 
+    def _bounds(self, source: ImageSource) -> tuple[int, int]:
+        """The (min, max) pixels this image is resized into: its own, else the deployment's."""
+        return (self._image.min_pixels if source.min_pixels is None else source.min_pixels,
+                self._image.max_pixels if source.max_pixels is None else source.max_pixels)
+
     async def _prepare_one(self, source: ImageSource) -> PreparedImage:
         data = await self._load_bytes(source)
         sha = source.sha256 if data is None else hashlib.sha256(data).hexdigest()
         assert sha is not None
-        key = cache_key(sha, self._image.min_pixels, self._image.max_pixels)
+        bounds = self._bounds(source)
+        key = cache_key(sha, *bounds)
         hit = self._lru.get(key)
         if hit is not None:
             self._metrics.cache_lookups.inc(tags={"result": "memory"})
@@ -144,7 +152,7 @@ class ImagePreprocessor:
         future: asyncio.Future[PreparedImage] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            image = await self._resolve(sha, key, data, source_type(source.kind).stored)
+            image = await self._resolve(sha, bounds, data, source_type(source.kind).stored)
             future.set_result(image)
             return image
         except BaseException as exc:
@@ -154,12 +162,12 @@ class ImagePreprocessor:
         finally:
             del self._inflight[key]
 
-    async def _resolve(self, sha: str, key: str, data: bytes | None,
+    async def _resolve(self, sha: str, bounds: tuple[int, int], data: bytes | None,
                        in_store: bool) -> PreparedImage:
-        """Pixels from the store tier, else decoded here (bytes read from the image store when
-        the source gave none). ``in_store``: the original is in our image store already (an
-        upload), so no copy of it is kept again."""
-        lo, hi = self._image.min_pixels, self._image.max_pixels
+        """Pixels at ``bounds`` from the store tier, else decoded here (bytes read from the
+        image store when the source gave none). ``in_store``: the original is in our image
+        store already (an upload), so no copy of it is kept again."""
+        lo, hi = bounds
         if self._cache_cfg.store_tier:
             try:
                 cached = await asyncio.to_thread(self._catalog.get_preprocessed, sha, lo, hi)
@@ -168,7 +176,7 @@ class ImagePreprocessor:
                 cached = None
             if cached is not None:
                 self._metrics.cache_lookups.inc(tags={"result": "store"})
-                self._lru.put(key, cached)
+                self._lru.put(cache_key(sha, lo, hi), cached)
                 if data is not None and not in_store:
                     await self._keep_original(data, cached)
                 return cached
@@ -179,20 +187,24 @@ class ImagePreprocessor:
             except NotFoundError:
                 raise ImageError(f"image_url qvq-image://{sha} names no uploaded image; upload "
                                  "it with POST /v1/images first") from None
-        image = await self._decode_and_cache(data, sha)
+        image = await self._decode_and_cache(data, sha, bounds)
         if not in_store:
             await self._keep_original(data, image)
         return image
 
-    async def _decode_and_cache(self, data: bytes, sha: str) -> PreparedImage:
-        """Decode off the event loop, then fill both cache tiers (the store one in background)."""
-        lo, hi = self._image.min_pixels, self._image.max_pixels
+    async def _decode_and_cache(self, data: bytes, sha: str,
+                                bounds: tuple[int, int] | None = None) -> PreparedImage:
+        """Decode off the event loop to ``bounds`` (None: the deployment's), then fill both
+        cache tiers under them (the store one in background)."""
+        engine = (self._image.min_pixels, self._image.max_pixels)
+        lo, hi = bounds or engine
         timings: dict[str, float] = {}
         image = await asyncio.to_thread(
             decode_image, data, min_pixels=lo, max_pixels=hi,
             max_source_pixels=self._image.max_source_pixels,
             allowed_formats=self._image.allowed_formats, sha256=sha,
-            jpeg_draft_coverage=self._image.jpeg_draft_coverage, timings=timings)
+            jpeg_draft_coverage=self._image.jpeg_draft_coverage, engine_bounds=engine,
+            timings=timings)
         for stage, seconds in timings.items():
             self._metrics.stage_seconds.observe(seconds, tags={"stage": stage})
         self._metrics.source_pixels.observe(image.source_width * image.source_height)

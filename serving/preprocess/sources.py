@@ -1,11 +1,14 @@
 """Image sources: one class per kind of ``image_url`` (``data:``, http(s), ``s3://``,
 ``qvq-image://``), each checking its URL at the edge and loading the encoded bytes in the
-preprocessor; plus the guarded http(s) fetcher and data-URL decoding they use."""
+preprocessor; plus the guarded http(s) fetcher and data-URL decoding they use, and each
+image's pixel bounds (``detail`` or explicit ``min_pixels`` / ``max_pixels``), resolved at the
+edge with its source."""
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import ipaddress
 import socket
 import urllib.parse
@@ -16,11 +19,12 @@ from typing import Protocol
 import httpx
 import pybase64
 
-from serving.config import FetchConfig
+from serving.config import FetchConfig, ImageConfig
 from serving.errors import (
     BlockedURLError,
     ImageError,
     ImageFetchError,
+    InvalidRequestError,
     PayloadTooLargeError,
     elide,
 )
@@ -32,6 +36,7 @@ from serving.preprocess.ssrf import (
     parse_host_address,
     parse_networks,
 )
+from serving.protocol import ImageURL
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
@@ -304,3 +309,38 @@ def parse_image_sources(urls: Sequence[str], *, max_images: int,
         raise ImageError(f"request has {len(urls)} images; at most {max_images} are allowed per "
                          "request", param="messages", code="too_many_images")
     return tuple(check_source(url, allowed_buckets) for url in urls)
+
+
+def pixel_bounds(image_url: ImageURL, image: ImageConfig, *, param: str) -> tuple[int, int]:
+    """The (min, max) pixel count one image is resized into: its explicit ``min_pixels`` /
+    ``max_pixels``, else the deployment's ``min_pixels`` and its ``detail``'s ceiling (an
+    explicit min above that ceiling lifts the ceiling to it). ``param`` locates the image_url
+    in the request, for the 400 an explicit bound outside the deployment's bounds gets: vLLM
+    resizes to those again (engine args), so a bound outside them would be undone there,
+    behind the prompt's token count."""
+    for name in ("min_pixels", "max_pixels"):
+        value = getattr(image_url, name)
+        if value is not None and not image.min_pixels <= value <= image.max_pixels:
+            raise InvalidRequestError(
+                f"{param}.{name} is {value}; this server resizes images to between "
+                f"{image.min_pixels} and {image.max_pixels} pixels (one visual token per 28x28 "
+                "block): send a value in that range, or leave it out", param=f"{param}.{name}")
+    low = image.min_pixels if image_url.min_pixels is None else image_url.min_pixels
+    high = (max(image.detail_ceiling(image_url.detail), low) if image_url.max_pixels is None
+            else image_url.max_pixels)
+    return low, high
+
+
+def parse_image_parts(parts: Sequence[tuple[str, ImageURL]], *, image: ImageConfig,
+                      allowed_buckets: Sequence[str]) -> tuple[ImageSource, ...]:
+    """:func:`parse_image_sources` for a request's ``image_url`` objects, each given with its
+    param path (``messages[0].content[1].image_url``); every source carries its pixel bounds,
+    resolved here once, so the preprocessor resizes and caches each image at its own."""
+    sources = parse_image_sources([url.url for _, url in parts],
+                                  max_images=image.max_images_per_request,
+                                  allowed_buckets=allowed_buckets)
+    resolved = []
+    for source, (param, url) in zip(sources, parts, strict=True):
+        low, high = pixel_bounds(url, image, param=param)
+        resolved.append(dataclasses.replace(source, min_pixels=low, max_pixels=high))
+    return tuple(resolved)

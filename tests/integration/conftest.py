@@ -60,6 +60,7 @@ def server(tmp_path_factory, tiny_model_dir, image_base_url, s3_server):
     config["batch"] = {"chunk_size": 4, "poll_interval_s": 0.5, "max_concurrency": 4}
     config["reasoning"] = {"per_key": {"other": {"default_max_reasoning_tokens": 32,
                                                  "max_reasoning_tokens_ceiling": 64}}}
+    config["requests"] = {"priority_key_ids": ["ci"]}
     config["limits"] = {"per_key": {f"limited-{name}": limits
                                     for name, limits in KEY_LIMITS.items()}}
     config["server"].update(max_request_body_bytes=MAX_BODY_BYTES, max_in_flight_requests=48)

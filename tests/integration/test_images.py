@@ -13,9 +13,11 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
+from serving.config import ImageConfig
 from serving.preprocess.catalog import image_key
+from serving.preprocess.geometry import budgeted_resize, visual_tokens
 from tests.images import data_url, encode, photo
-from tests.integration.test_chat import chat_body, image_content
+from tests.integration.test_chat import MODEL, chat_body, image_content
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
 
@@ -81,6 +83,45 @@ def test_same_image_twice_and_repeat_request_skip_decode(client):
     assert first.headers["x-qvq-image-cache"] == "miss,memory"
     again = chat_with(client, url)
     assert again.headers["x-qvq-image-cache"] == "memory"
+
+
+def test_detail_and_explicit_bounds_set_the_image_tokens(openai_client, server):
+    """The same image at low and high detail, and with an explicit max_pixels: each costs the
+    visual tokens of its own grid (geometry.budgeted_resize), cached apart."""
+    import openai
+
+    image = ImageConfig(**server["config"]["image"])
+    engine = {"engine_min_pixels": image.min_pixels, "engine_max_pixels": image.max_pixels}
+    url = data_url(fresh_jpeg(110, size=(640, 480)), "image/jpeg")
+
+    def ask(*content):
+        raw = openai_client.chat.completions.with_raw_response.create(
+            model=MODEL, max_tokens=1, messages=[{"role": "user", "content": [
+                *content, {"type": "text", "text": "Describe."}]}])
+        return raw.parse().usage.prompt_tokens, raw.headers.get("x-qvq-image-cache")
+
+    def with_image(**image_url):
+        return ask({"type": "image_url", "image_url": {"url": url, **image_url}})
+
+    def expected(min_pixels, max_pixels):
+        grid = budgeted_resize(480, 640, min_pixels=min_pixels, max_pixels=max_pixels, **engine)
+        return text_only + visual_tokens(*grid) + 2  # + vision start and end tokens
+
+    text_only, _ = ask()
+    low, low_cache = with_image(detail="low")
+    high, high_cache = with_image(detail="high")
+    assert (low_cache, high_cache) == ("miss", "miss")  # one image, two budgets, two entries
+    assert low == expected(image.min_pixels, image.detail_ceiling("low"))
+    assert high == expected(image.min_pixels, image.detail_ceiling("high"))
+    assert low < high
+    if image.detail_ceiling("auto") == image.detail_ceiling("high"):  # the default
+        assert with_image() == (high, "memory")  # no detail is auto
+    capped, _ = with_image(detail="high", max_pixels=64 * 28 * 28)  # explicit wins
+    assert capped == expected(image.min_pixels, 64 * 28 * 28) and low < capped < high
+    with pytest.raises(openai.BadRequestError) as info:
+        with_image(max_pixels=image.max_pixels + 1)
+    assert info.value.param == "messages[0].content[0].image_url.max_pixels"
+    assert f"between {image.min_pixels} and {image.max_pixels} pixels" in info.value.message
 
 
 def test_request_images_are_stored_for_replay(client, server):

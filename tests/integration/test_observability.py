@@ -97,7 +97,9 @@ def test_our_metrics_reach_rays_prometheus_endpoint(client, server, forcing):
     with client.stream("POST", "/v1/chat/completions",
                        json=chat_body("hi", stream=True)) as resp:
         resp.read()
-    wanted = ['ray_qvq_api_requests_total{', 'route="chat_completions"',
+    assert client.post("/v1/chat/completions",
+                       json={**chat_body("hi"), "model": "gpt-4o"}).status_code == 404
+    wanted = ['ray_qvq_api_requests_total{', 'route="chat_completions"', 'code="model_not_found"',
               'ray_qvq_api_request_seconds_bucket', 'ray_qvq_tokens_total{',
               'kind="completion"', 'ray_qvq_image_stage_seconds_bucket', 'stage="decode"',
               'stage="resize"', 'stage="fetch"', 'ray_qvq_image_cache_lookups_total',

@@ -123,3 +123,29 @@ def test_admission_cap_must_leave_the_chat_entry_room_to_refuse():
                                                   "per_key": {"a": {}}}}, environ={}).limits
     assert limits.any_limits and limits.for_key("a").requests_per_minute is None
     assert limits.for_key("b").requests_per_minute == 5 == limits.for_key(None).requests_per_minute
+
+
+def test_detail_ceilings_default_to_the_deployment_bounds():
+    image = config_from_dict({"model": {"path": "m"},
+                              "image": {"min_pixels": 3136, "max_pixels": 200704}},
+                             environ={}).image
+    assert [image.detail_ceiling(d) for d in ("low", "auto", "high")] == [3136, 200704, 200704]
+    tuned = config_from_dict({"model": {"path": "m"}, "image": {
+        "min_pixels": 3136, "max_pixels": 200704,
+        "detail_max_pixels": {"low": 50176, "auto": 100352}}}, environ={}).image
+    assert [tuned.detail_ceiling(d) for d in ("low", "auto", "high")] == [50176, 100352, 200704]
+
+
+@pytest.mark.parametrize("detail,value", [("low", 3135), ("auto", 200705), ("high", 10**7)])
+def test_detail_ceiling_outside_the_bounds_names_the_field(detail, value):
+    with pytest.raises(ConfigError, match=rf"image\.detail_max_pixels\.{detail} is {value}.*"
+                                          r"3136\.\.200704"):
+        config_from_dict({"model": {"path": "m"}, "image": {
+            "min_pixels": 3136, "max_pixels": 200704,
+            "detail_max_pixels": {detail: value}}}, environ={})
+
+
+def test_detail_ceilings_reject_unknown_details():
+    with pytest.raises(ConfigError, match=r"detail_max_pixels\.medium: unknown field"):
+        config_from_dict({"model": {"path": "m"},
+                          "image": {"detail_max_pixels": {"medium": 300_000}}}, environ={})

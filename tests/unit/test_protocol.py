@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -23,7 +25,7 @@ def test_max_completion_tokens_wins():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"n": 2}, {"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]}, {"top_p": 0},
+    {"n": 0}, {"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]}, {"top_p": 0},
     {"stream_options": {"include_usage": True}},
     {"messages": []},
     {"messages": [{"role": "user", "content": []}]},
@@ -36,6 +38,12 @@ def test_max_completion_tokens_wins():
     {"top_k": -2}, {"min_p": 1.5}, {"repetition_penalty": 0}, {"repetition_penalty": 3},
     {"stop_token_ids": [-1]}, {"stop_token_ids": list(range(65))},
     {"skip_special_tokens": [True]},
+    {"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21},
+    {"response_format": {"type": "xml"}},
+    {"response_format": {"type": "json_schema"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": [1]}}},
+    {"truncate_prompt_tokens": -2}, {"priority": 10**6},
 ])
 def test_rejected(kwargs):
     with pytest.raises(ValidationError):
@@ -95,3 +103,35 @@ def test_request_fields_against_vllms_own_chat_completion_request():
     theirs = set(VLLMChatCompletionRequest.model_fields)
     assert ours - theirs == QVQ_FIELDS
     assert theirs - ours == VLLM_FIELDS_NOT_ACCEPTED
+
+
+def image_request(image_url):
+    return {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "look"}, {"type": "image_url", "image_url": image_url}]}]}
+
+
+def test_image_url_takes_explicit_pixel_bounds():
+    req = ChatCompletionRequest.model_validate(image_request(
+        {"url": "https://x/y.png", "detail": "low", "min_pixels": 3136, "max_pixels": 50176}))
+    image_url = req.messages[0].content[1].image_url
+    assert (image_url.detail, image_url.min_pixels, image_url.max_pixels) == ("low", 3136, 50176)
+    # the generator gets pixels, not bounds: the placeholder copy keeps only the detail
+    assert req.without_image_data().messages[0].content[1].image_url.max_pixels is None
+
+
+@pytest.mark.parametrize("image_url,param,match", [
+    ({"url": "u", "max_pixels": 100}, "max_pixels", "greater than or equal to 784"),
+    ({"url": "u", "min_pixels": 0}, "min_pixels", "greater than or equal to 784"),
+    ({"url": "u", "min_pixels": 5000, "max_pixels": 4000}, "max_pixels",
+     r"max_pixels \(4000\) must not be below min_pixels \(5000\)"),
+    ({"url": "u", "detail": "medium"}, "detail", "'auto', 'low' or 'high'"),
+])
+def test_bad_pixel_bounds_are_a_400_naming_the_field(image_url, param, match):
+    from serving.api.errors import validation_to_error
+
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate(image_request(image_url))
+    error = validation_to_error(info.value)
+    assert error.status_code == 400
+    assert error.param == f"messages[0].content[1].image_url.{param}"
+    assert re.search(match, error.message)

@@ -8,6 +8,7 @@ an argument added here reaches every server measured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -38,7 +39,10 @@ def engine_env(config: ServingConfig) -> dict[str, str]:
 
 def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments; ``None`` values mean vLLM's default."""
+    from vllm.config import StructuredOutputsConfig
+
     model, image = config.model, config.image
+    structured = config.requests.structured_output
     return {
         "model": model.path,
         "served_model_name": [model.served_name],
@@ -58,6 +62,9 @@ def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
         "mm_processor_kwargs": {"min_pixels": image.min_pixels,
                                 "max_pixels": image.max_pixels},
         "disable_log_stats": False,
+        # vLLM's grammar backends read this engine-wide, not per request
+        "structured_outputs_config": StructuredOutputsConfig(
+            backend=structured.backend, disable_any_whitespace=structured.compact_json),
     }
 
 
@@ -76,6 +83,10 @@ def engine_cli_args(config: ServingConfig) -> list[str]:
                 argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, dict):
             argv += [flag, json.dumps(value)]
+        elif dataclasses.is_dataclass(value):  # a vLLM config section: its non-default fields
+            argv += [flag, json.dumps({f.name: getattr(value, f.name)
+                                       for f in dataclasses.fields(value)
+                                       if getattr(value, f.name) != f.default})]
         elif isinstance(value, list):
             argv += [flag, *map(str, value)]
         else:

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from serving.messages import PreparedImage
+from serving.messages import Logprob, PreparedImage
+
+
+@dataclass(frozen=True, slots=True)
+class JsonConstraint:
+    """Decode only JSON: matching ``schema`` (its JSON text), or any object when None.
+    (Whitespace is the engine's setting: ``requests.structured_output.compact_json``.)"""
+
+    schema: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,8 @@ class SamplingOptions:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
+    logprobs: int | None = None  # alternatives per token; None: no logprobs
+    json: JsonConstraint | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,7 @@ class EngineStep:
     finish_reason: str | None = None
     token_ids: tuple[int, ...] = ()
     queue_s: float | None = None  # on the last step: time in the engine's scheduler queue
+    logprobs: tuple[Logprob, ...] = ()  # one per token id, when asked for
 
 
 class Engine(Protocol):
@@ -55,6 +66,11 @@ class Engine(Protocol):
 
         Closing the iterator early (``aclose``) aborts the request in the engine.
         """
+        ...
+
+    def check(self, options: SamplingOptions) -> None:
+        """Raise InvalidRequestError when the engine would refuse these options (a schema its
+        grammar backend cannot compile): called before a stream is accepted."""
         ...
 
     async def check_health(self) -> None:

@@ -22,6 +22,9 @@ class ReasoningOptions:
     final_answer_cue: str
     language_stats: bool
     guard: LoopGuardConfig  # detection thresholds
+    # a JSON response_format in split mode: free reasoning, then the answer under the schema
+    reason_then_schema: bool = False
+    schema_answer_tokens: int = 0  # kept back from max_tokens for that answer
 
 
 def resolve_reasoning_options(config: ReasoningConfig, chat: ChatCompletionRequest,
@@ -46,9 +49,13 @@ def resolve_reasoning_options(config: ReasoningConfig, chat: ChatCompletionReque
                 f"this deployment runs the loop guard in '{mode}' mode and does not let "
                 "requests change it; leave out loop_guard", param="loop_guard")
         mode = chat.loop_guard
+    split = config.split_final_answer if chat.split_reasoning is None else chat.split_reasoning
+    reason_then_schema = chat.structured is not None and split \
+        and config.structured_after_reasoning
+    if chat.structured is not None and not reason_then_schema:
+        budget = None  # the schema holds from the first token: there is no reasoning to end
     return ReasoningOptions(
-        split=config.split_final_answer if chat.split_reasoning is None
-        else chat.split_reasoning,
+        split=split,
         loop_guard=mode,
         max_reasoning_tokens=budget,
         answer_budget_tokens=config.answer_budget_tokens,
@@ -56,4 +63,6 @@ def resolve_reasoning_options(config: ReasoningConfig, chat: ChatCompletionReque
         language_stats=config.include_language_stats if chat.include_language_stats is None
         else chat.include_language_stats,
         guard=guard,
+        reason_then_schema=reason_then_schema,
+        schema_answer_tokens=config.structured_answer_tokens,
     )

@@ -25,6 +25,7 @@ class Next(enum.Enum):
     CONTINUE = "continue"
     STOP_LOOP = "stop_loop"  # the guard fired in stop mode: abort generation
     CONCLUDE = "conclude"  # thinking budget spent: append the cue, let the model answer
+    ANSWER = "answer"  # reason-then-schema: the marker is written, the schema pass answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,15 @@ class ReasoningSession:
         self.loop: LoopDetection | None = None
         self.loop_stopped = False
         self.budget_exhausted = False
+        self.answer_pass = False  # reason-then-schema: the schema-constrained pass has begun
+
+    @property
+    def in_reasoning(self) -> bool:
+        """The next tokens count as reasoning (no final-answer marker written yet)."""
+        return not (self._splitter.in_answer or self._splitter.marker_pending)
+
+    def start_answer_pass(self) -> None:
+        self.answer_pass = True
 
     def feed(self, text: str, token_ids: Sequence[int]) -> tuple[Deltas, Next]:
         """One engine step: its new text and token ids."""
@@ -104,7 +114,14 @@ class ReasoningSession:
                         self.loop_stopped = True
                         action = Next.STOP_LOOP
                     break
-        deltas = self._route(text, *self._splitter.feed(text))
+        reasoning, answer = self._splitter.feed(text)
+        if self.options.reason_then_schema and not self.answer_pass and not self.in_reasoning:
+            # the marker is out: what the free pass writes after it is replaced by the
+            # schema-constrained answer
+            answer = ""
+            if action is Next.CONTINUE:
+                action = Next.ANSWER
+        deltas = self._route(text, reasoning, answer)
         budget = self.options.max_reasoning_tokens
         if action is Next.CONTINUE and budget is not None and not self.budget_exhausted \
                 and self.reasoning_tokens >= budget and not self._splitter.in_answer \

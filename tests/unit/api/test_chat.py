@@ -11,7 +11,7 @@ import pytest
 
 from serving.config import config_from_dict
 from serving.errors import BlockedURLError, ImageError, ModelNotFoundError
-from serving.messages import LIVE_PRIORITY, GenerationEvent
+from serving.messages import LIVE_PRIORITY, Completion, GenerationEvent
 from serving.protocol import ChatCompletionRequest
 from tests.images import png_url
 from tests.unit.api.handles import Handle, Pending, Stream
@@ -29,7 +29,7 @@ def frontend():
                                "image": {"max_images_per_request": 2}}, environ={})
     final = GenerationEvent("final", text="answer", prompt_tokens=10, completion_tokens=3,
                             finish_reason="stop")
-    pre, gen = Handle(prepare="PREPARED"), Handle(complete=final)
+    pre, gen = Handle(prepare="PREPARED"), Handle(complete=Completion((final,)))
     return endpoint(config, pre, gen), pre, gen
 
 

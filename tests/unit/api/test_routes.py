@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 
 from serving.api.ingress import build_router_app
 from serving.config import config_from_dict
-from serving.messages import GenerationEvent
+from serving.messages import Completion, GenerationEvent
 from tests.unit.api.handles import Handle
 
-FINAL = GenerationEvent("final", text="answer", prompt_tokens=10, completion_tokens=3,
-                        finish_reason="stop")
+FINAL = Completion((GenerationEvent("final", text="answer", prompt_tokens=10,
+                                    completion_tokens=3, finish_reason="stop"),))
 
 
 class Failing:

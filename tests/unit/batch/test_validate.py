@@ -83,3 +83,27 @@ def test_lone_surrogate_escape_is_invalid_json_as_on_the_live_endpoint():
                             "messages": [{"role": "user", "content": "\U0001f600"}]})
     assert "\\ud83d\\ude00" in emoji  # a valid surrogate pair still decodes
     assert parse(emoji)[0][0].body.messages[0].content == "\U0001f600"
+
+
+def test_image_budgets_are_checked_per_line_as_live():
+    from serving.api.validation import validate_chat
+    from serving.config import config_from_dict
+
+    config = config_from_dict({"model": {"path": "m", "served_name": "qvq"},
+                               "image": {"min_pixels": 3136, "max_pixels": 200704}},
+                              environ={})
+
+    def with_image(cid, **image_url):
+        return line(cid, body={"model": "qvq", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/a.png", **image_url}}]}]})
+
+    text = "\n".join([with_image("low", detail="low"), with_image("cap", max_pixels=50176),
+                      with_image("big", max_pixels=10**6), with_image("tiny", min_pixels=1)])
+    lines, errors = parse_batch_input(text.encode(), max_lines=10, max_bytes=10**6,
+                                      model_ids=MODELS,
+                                      check=lambda chat: validate_chat(config, chat, None))
+    assert [x.custom_id for x in lines] == ["low", "cap"]
+    assert [(e.line, e.param) for e in errors] == [
+        (3, "body.messages[0].content[0].image_url.max_pixels"),
+        (4, "body.messages[0].content[0].image_url.min_pixels")]
+    assert "between 3136 and 200704 pixels" in errors[0].message

@@ -69,3 +69,38 @@ def test_token_ids_equal_the_chat_templates_own_tokenization(tokenizer, content)
         to_template_messages(request, builder._model.default_system_prompt), tokenize=True,
         add_generation_prompt=True, return_dict=False)
     assert builder.render(request, images).token_ids == list(expected)
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(tokenizer):
+    builder = PromptBuilder(ModelConfig(path="x", max_model_len=4096), tokenizer)
+    whole = builder.render(chat("tell me more " * 50), [])
+    cut = builder.render(chat("tell me more " * 50, truncate_prompt_tokens=40), [])
+    assert cut.num_tokens == len(cut.token_ids) == 40
+    assert cut.token_ids == whole.token_ids[-40:]
+    short = builder.render(chat("hi", truncate_prompt_tokens=4000), [])
+    assert short.token_ids == builder.render(chat("hi"), []).token_ids
+
+
+def test_truncate_to_the_context_keeps_room_for_the_answer(tokenizer):
+    builder = PromptBuilder(ModelConfig(path="x", max_model_len=256), tokenizer)
+    cut = builder.render(chat("tell me more " * 100, truncate_prompt_tokens=-1, max_tokens=30),
+                         [])
+    assert cut.num_tokens == 226 and cut.max_tokens == 30
+
+
+def test_truncation_never_cuts_into_an_image(tokenizer):
+    from serving.errors import InvalidRequestError
+
+    builder = PromptBuilder(ModelConfig(path="x", max_model_len=4096), tokenizer)
+    content = [{"type": "text", "text": "before " * 20},
+               {"type": "image_url", "image_url": "data:,"},
+               {"type": "text", "text": "after"}]
+    whole = builder.render(chat(content), [image()])
+    before_image = whole.token_ids.index(tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+    fits = builder.render(chat(content, truncate_prompt_tokens=whole.num_tokens - before_image),
+                          [image()])
+    assert fits.token_ids[0] == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    with pytest.raises(InvalidRequestError, match="first image") as info:
+        builder.render(chat(content, truncate_prompt_tokens=whole.num_tokens - before_image - 1),
+                       [image()])
+    assert info.value.param == "truncate_prompt_tokens"

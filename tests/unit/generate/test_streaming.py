@@ -101,3 +101,12 @@ def test_closing_the_batches_closes_the_source():
         return closed.is_set()
 
     assert asyncio.run(scenario())
+
+
+def test_deltas_of_different_choices_are_not_merged():
+    from serving.generate.streaming import merge_deltas
+
+    a0, b1, c1 = (GenerationEvent("delta", text="a"), GenerationEvent("delta", text="b", index=1),
+                  GenerationEvent("delta", text="c", index=1))
+    merged = merge_deltas([a0, b1, c1])
+    assert [(e.index, e.text) for e in merged] == [(0, "a"), (1, "bc")]

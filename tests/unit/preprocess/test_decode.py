@@ -8,7 +8,7 @@ from PIL import Image
 
 from serving.errors import ImageError
 from serving.preprocess.decode import decode_image
-from serving.preprocess.geometry import smart_resize
+from serving.preprocess.geometry import budgeted_resize, smart_resize
 from tests.images import encode, photo
 
 LIMITS = dict(min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28, max_source_pixels=50_000_000,
@@ -27,6 +27,17 @@ def test_output_dims_equal_smart_resize(size, fmt):
                                                    max_pixels=LIMITS["max_pixels"])
     assert out.pixels.dtype == np.uint8 and out.pixels.shape[2] == 3
     assert out.source_format == fmt and (out.source_width, out.source_height) == (w, h)
+
+
+def test_per_image_budget_decodes_to_the_size_the_engine_keeps():
+    budget = dict(LIMITS, min_pixels=256 * 28 * 28, max_pixels=256 * 28 * 28)
+    engine = (LIMITS["min_pixels"], LIMITS["max_pixels"])
+    out = decode_image(encode(photo(1000, 700), "JPEG"), **budget, engine_bounds=engine)
+    assert (out.height, out.width) == budgeted_resize(
+        700, 1000, min_pixels=budget["min_pixels"], max_pixels=budget["max_pixels"],
+        engine_min_pixels=engine[0], engine_max_pixels=engine[1]) == (392, 560)
+    assert smart_resize(700, 1000, min_pixels=budget["min_pixels"],
+                        max_pixels=budget["max_pixels"]) == (364, 532)  # under the min
 
 
 def test_jpeg_draft_keeps_content():

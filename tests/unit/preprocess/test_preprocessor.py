@@ -1,13 +1,15 @@
 """The preprocessor's cache tiers and image store, in-process with a local store (no Ray)."""
 
 import asyncio
+import dataclasses
 import hashlib
 
 import pytest
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as vllm_resize
 
 from serving.config import config_from_dict
 from serving.errors import ImageError, PayloadTooLargeError
-from serving.preprocess.catalog import image_key
+from serving.preprocess.catalog import cache_key, image_key, preprocessed_key
 from serving.preprocess.preprocessor import ImagePreprocessor
 from serving.preprocess.sources import check_source
 from serving.storage.local import LocalObjectStore
@@ -84,3 +86,59 @@ def test_failed_decode_is_not_cached_and_waiters_see_the_error(tmp_path):
     assert pre._inflight == {}
     with pytest.raises(ImageError):
         run(pre, pre.prepare(sources([bad])))
+
+
+def with_bounds(url, low, high):
+    """A source as the edge resolves it for one detail value or explicit bounds."""
+    return dataclasses.replace(check_source(url, allowed_buckets=[]), min_pixels=low,
+                               max_pixels=high)
+
+
+LOW, HIGH = (3136, 3136), (3136, 200704)  # make()'s deployment: low = min_pixels
+
+
+def test_one_image_at_two_budgets_is_two_cache_entries(tmp_path):
+    data = encode(photo(800, 600, seed=44), "JPEG")
+    url, sha = data_url(data, "image/jpeg"), hashlib.sha256(data).hexdigest()
+    pre = make(tmp_path)
+    low, high = run(pre, pre.prepare([with_bounds(url, *LOW), with_bounds(url, *HIGH)]))
+    assert [low.cache, high.cache] == ["miss", "miss"]  # never served from the other budget
+    assert low.width * low.height < high.width * high.height <= HIGH[1]
+    assert pre._lru.get(cache_key(sha, *LOW)).pixels is low.pixels
+    assert pre._lru.get(cache_key(sha, *HIGH)).pixels is high.pixels
+    again = run(pre, pre.prepare([with_bounds(url, *LOW)]))[0]
+    assert again.cache == "memory" and again.pixels.shape == low.pixels.shape
+    store = LocalObjectStore(tmp_path)
+    assert store.head(preprocessed_key(sha, *LOW)) and store.head(preprocessed_key(sha, *HIGH))
+    other_replica = make(tmp_path)
+    from_store = run(other_replica, other_replica.prepare([with_bounds(url, *LOW)]))[0]
+    assert from_store.cache == "store" and (from_store.pixels == low.pixels).all()
+
+
+def test_a_source_without_bounds_gets_the_deployments(tmp_path):
+    data = encode(photo(800, 600, seed=45), "JPEG")
+    pre = make(tmp_path)
+    plain = run(pre, pre.prepare(sources([data_url(data, "image/jpeg")])))[0]
+    assert (plain.height, plain.width) == vllm_resize(600, 800, min_pixels=3136,
+                                                      max_pixels=200704)
+
+
+@pytest.mark.parametrize("size", [(800, 600), (1000, 700), (600, 1000), (333, 2000), (60, 40)])
+@pytest.mark.parametrize("bounds", [(3136, 3136), (3136, 12544), (12544, 50176), (3136, 200704)])
+def test_pixels_within_the_images_bounds_and_kept_by_the_engine(tmp_path, size, bounds):
+    pre = make(tmp_path, store_request_images=False)
+    pre._cache_cfg = pre._cache_cfg.model_copy(update={"store_tier": False})
+    image = run(pre, pre.prepare([with_bounds(data_url(encode(photo(*size, seed=46)), "image/png"),
+                                              *bounds)]))[0]
+    pixels, (low, high) = image.width * image.height, bounds
+    assert image.width % 28 == 0 and image.height % 28 == 0
+    # vLLM's processor resizes to the deployment's bounds again: the prepared size must be
+    # one it keeps, or usage.prompt_tokens would not be the engine's count
+    assert vllm_resize(image.height, image.width, min_pixels=3136,
+                       max_pixels=200704) == (image.height, image.width)
+    # rounding to the grid moves the count by less than a row and a column of tokens
+    grid_step = 28 * (image.width + image.height + 28)
+    if high - low >= grid_step:
+        assert low <= pixels <= high
+    else:  # a budget that narrow is met as closely as the grid allows, never below min_pixels
+        assert 3136 <= pixels <= max(high, low + grid_step)

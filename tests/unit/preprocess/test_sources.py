@@ -3,15 +3,24 @@ import ipaddress
 
 import pytest
 
-from serving.config import FetchConfig
-from serving.errors import BlockedURLError, ImageError, ImageFetchError, PayloadTooLargeError
+from serving.config import FetchConfig, ImageConfig
+from serving.errors import (
+    BlockedURLError,
+    ImageError,
+    ImageFetchError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+)
 from serving.preprocess.sources import (
     SOURCE_TYPES,
     ImageFetcher,
     check_source,
     decode_data_url,
+    parse_image_parts,
     parse_image_sources,
+    pixel_bounds,
 )
+from serving.protocol import ImageURL
 from tests.image_server import PNG, image_server
 from tests.images import data_url
 
@@ -142,3 +151,67 @@ def test_huge_scheme_or_bucket_not_echoed_whole(url):
     with pytest.raises(BlockedURLError, match="not supported|not one this server") as info:
         parse_image_sources([url], max_images=1, allowed_buckets=["qvq-sources"])
     assert len(info.value.message) < 300
+
+
+# --------------------------------------------------------------------------- pixel bounds
+
+IMAGE = ImageConfig(min_pixels=3136, max_pixels=200704)
+PARAM = "messages[0].content[1].image_url"
+
+
+@pytest.mark.parametrize(("fields", "bounds"), [
+    ({}, (3136, 200704)),  # no detail: auto, the deployment's full budget as before
+    ({"detail": "auto"}, (3136, 200704)),
+    ({"detail": "high"}, (3136, 200704)),
+    ({"detail": "low"}, (3136, 3136)),
+])
+def test_detail_picks_its_configured_ceiling(fields, bounds):
+    assert pixel_bounds(ImageURL(url="u", **fields), IMAGE, param=PARAM) == bounds
+
+
+def test_configured_ceilings_are_used():
+    image = ImageConfig(min_pixels=3136, max_pixels=200704,
+                        detail_max_pixels={"low": 12544, "auto": 100352})
+    assert [pixel_bounds(ImageURL(url="u", detail=d), image, param=PARAM)[1]
+            for d in ("low", "auto", "high")] == [12544, 100352, 200704]
+
+
+@pytest.mark.parametrize(("fields", "bounds"), [
+    ({"detail": "high", "max_pixels": 50176}, (3136, 50176)),
+    ({"detail": "low", "max_pixels": 50176}, (3136, 50176)),
+    ({"detail": "low", "min_pixels": 12544, "max_pixels": 50176}, (12544, 50176)),
+    ({"detail": "auto", "min_pixels": 12544}, (12544, 200704)),
+    # an explicit min above the detail's ceiling lifts the ceiling to it
+    ({"detail": "low", "min_pixels": 12544}, (12544, 12544)),
+])
+def test_explicit_bounds_win_over_detail(fields, bounds):
+    assert pixel_bounds(ImageURL(url="u", **fields), IMAGE, param=PARAM) == bounds
+
+
+@pytest.mark.parametrize(("fields", "name"), [
+    ({"max_pixels": 200705}, "max_pixels"),
+    ({"max_pixels": 1568}, "max_pixels"),
+    ({"min_pixels": 1568}, "min_pixels"),
+    ({"min_pixels": 300_000, "max_pixels": 400_000}, "min_pixels"),
+])
+def test_explicit_bounds_outside_the_deployments_are_a_400_naming_the_param(fields, name):
+    with pytest.raises(InvalidRequestError) as info:
+        pixel_bounds(ImageURL(url="u", **fields), IMAGE, param=PARAM)
+    assert info.value.status_code == 400 and info.value.param == f"{PARAM}.{name}"
+    assert "between 3136 and 200704 pixels" in info.value.message
+    assert f"{PARAM}.{name} is {fields[name]}" in info.value.message
+
+
+def test_each_source_carries_its_resolved_bounds():
+    parts = [("messages[0].content[0].image_url",
+              ImageURL(url="https://x/a.png", detail="low")),
+             ("messages[1].content[2].image_url",
+              ImageURL(url="s3://qvq-sources/b.png", max_pixels=50176))]
+    low, explicit = parse_image_parts(parts, image=IMAGE, allowed_buckets=["qvq-sources"])
+    assert (low.kind, low.min_pixels, low.max_pixels) == ("http", 3136, 3136)
+    assert (explicit.kind, explicit.bucket, explicit.max_pixels) == ("s3", "qvq-sources", 50176)
+    with pytest.raises(InvalidRequestError) as info:
+        parse_image_parts([*parts, ("messages[2].content[0].image_url",
+                                    ImageURL(url="https://x/c.png", max_pixels=10**7))],
+                          image=IMAGE, allowed_buckets=["qvq-sources"])
+    assert info.value.param == "messages[2].content[0].image_url.max_pixels"
