@@ -46,7 +46,7 @@ CASES = {
                          "maximum context length"),
     "file-scheme": (image_case("file:///etc/passwd"), 400, None, "scheme"),
     "ftp-scheme": (image_case("ftp://127.0.0.1/x.png"), 400, None, "scheme"),
-    "n-greater-than-1": (chat_body("hi", n=2), 400, "n", "n"),
+    "n-above-the-ceiling": (chat_body("hi", n=9), 400, "n", "at most 8 choices"),
 }
 
 FETCH_CASES = {
