@@ -50,6 +50,11 @@ class ModelConfig(StrictModel):
     tensor_parallel_size: int = Field(default=1, ge=1, le=16,
                                       description="GPUs per generator replica (vLLM tensor "
                                                   "parallel); also the placement-group size.")
+    distributed_executor_backend: str = Field(
+        default="ray", min_length=1,
+        description="vLLM's executor when tensor_parallel_size > 1: 'ray' runs the TP workers "
+                    "as Ray actors in the replica's placement group; 'mp' as subprocesses of "
+                    "the replica; or the qualified name of an executor class.")
     max_model_len: int = Field(default=32768, ge=256,
                                description="Context window: prompt (text + image tokens) plus "
                                            "generated tokens.")
@@ -270,7 +275,14 @@ class GeneratorDeploymentConfig(DeploymentConfig):
 
     num_gpus_per_worker: float = Field(default=1.0, ge=0,
                                        description="GPUs of each tensor-parallel worker bundle "
-                                                   "(0 on the CPU backend).")
+                                                   "(0 on the CPU backend): the amount of "
+                                                   "`worker_resource` each worker holds.")
+    worker_resource: str = Field(
+        default="GPU", min_length=1,
+        description="The Ray resource a tensor-parallel worker's bundle (and a TP=1 replica) "
+                    "holds `num_gpus_per_worker` of, and vLLM's Ray executor places its "
+                    "workers by: GPU in production; a custom resource where the workers "
+                    "compute on CPU (the cluster tests).")
     accelerator_type: str | None = Field(default=None,
                                          description="Ray accelerator type, e.g. H100.")
     stream_interval_ms: float = Field(
@@ -508,6 +520,9 @@ class RayConfig(StrictModel):
                                  description="Logical CPUs of a local Ray (None: all cores).")
     object_store_memory_mib: int | None = Field(default=None, ge=75,
                                                 description="Object store of a local Ray.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom resources of a local Ray's node (e.g. the "
+                                          "generator's worker_resource for TP on CPU).")
 
 
 class KeyLimits(StrictModel):

@@ -44,6 +44,8 @@ def running_app(config: ServingConfig, *, address: str | None | object = _FROM_C
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = \
             "1" if config.server.ingress == "haproxy" else "0"
         init["num_cpus"] = config.ray.num_cpus
+        if config.ray.resources:
+            init["resources"] = dict(config.ray.resources)
         if config.ray.object_store_memory_mib:
             init["object_store_memory"] = config.ray.object_store_memory_mib * 2**20
     ray.init(**{k: v for k, v in init.items() if v is not None or k == "address"})

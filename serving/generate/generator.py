@@ -371,18 +371,22 @@ def generator_deployment(config: ServingConfig) -> serve.Deployment:
     if dep.accelerator_type:
         actor_options["accelerator_type"] = dep.accelerator_type
     options: dict = {}
+    device = {dep.worker_resource: dep.num_gpus_per_worker} if dep.num_gpus_per_worker else {}
     if tp > 1:
-        # The replica itself holds bundle 0 (CPU only); vLLM's TP workers take the GPU bundles.
+        # The replica itself holds bundle 0 (CPU only); vLLM's TP workers take the device
+        # bundles (vLLM's Ray executor places them by the platform's device resource, GPU).
         # STRICT_PACK keeps a replica's GPUs on one node, where NVLink joins them.
-        worker = {"GPU": dep.num_gpus_per_worker, "CPU": 1}
+        worker = {**device, "CPU": 1}
         # The replica's custom resources must fit in its own bundle.
         replica = {"CPU": dep.num_cpus, **dep.resources}
         if "memory" in actor_options:
             replica["memory"] = actor_options["memory"]
         options["placement_group_bundles"] = [replica] + [worker] * tp
         options["placement_group_strategy"] = "STRICT_PACK"
-    else:
+    elif dep.worker_resource == "GPU":
         actor_options["num_gpus"] = dep.num_gpus_per_worker
+    else:
+        actor_options["resources"] = {**actor_options.get("resources", {}), **device}
     ingress = config.server.chat_entry == "generator"
     cls = _chat_ingress() if ingress else QVQGenerator
     return serve.deployment(

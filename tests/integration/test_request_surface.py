@@ -95,6 +95,7 @@ def test_without_split_mode_the_schema_holds_from_the_first_token(openai_client,
         extra_body={"split_reasoning": False, **forcing.loop})
     assert isinstance(done.choices[0].message.parsed, Verdict)
     assert done.choices[0].message.model_extra.get("reasoning_content") is None
+    assert done.usage.completion_tokens_details.reasoning_tokens == 0
 
 
 def test_json_object_mode(client, tiny_model_dir):

@@ -3,11 +3,12 @@
 import pathlib
 
 import pytest
+import yaml
 from ray.serve import Application
 
 from serving.api.router import router_deployment
 from serving.app import app_builder, build_app
-from serving.config import load_config
+from serving.config import config_from_dict, load_config
 from serving.generate.generator import generator_deployment
 from serving.preprocess.preprocessor import preprocessor_deployment
 
@@ -28,6 +29,23 @@ def test_tensor_parallel_replica_gets_strict_pack_bundles(qvq72b):
     assert "num_gpus" not in rc.ray_actor_options  # GPUs belong to the TP worker bundles
     auto = dep._deployment_config.autoscaling_config
     assert (auto.min_replicas, auto.max_replicas, auto.target_ongoing_requests) == (1, 4, 48)
+
+
+def test_tensor_parallel_bundles_hold_the_configured_worker_resource():
+    """The same bundle code with a custom resource where production has GPUs (the CPU
+    tensor-parallel tests): vLLM's Ray executor places its workers by that resource."""
+    def config(tp):
+        raw = yaml.safe_load((ROOT / "configs" / "local-cpu.yaml").read_text())
+        raw["model"]["tensor_parallel_size"] = tp
+        raw["deployments"]["generator"].update(num_gpus_per_worker=1,
+                                               worker_resource="qvq_tp_slot")
+        return config_from_dict(raw, environ={})
+
+    rc = generator_deployment(config(2))._replica_config
+    assert rc.placement_group_bundles == [{"CPU": 1.0}] + [{"qvq_tp_slot": 1.0, "CPU": 1}] * 2
+    assert "num_gpus" not in rc.ray_actor_options
+    rc = generator_deployment(config(1))._replica_config
+    assert rc.ray_actor_options["resources"] == {"qvq_tp_slot": 1.0}
 
 
 def test_single_device_replica_has_no_placement_group():

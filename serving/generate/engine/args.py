@@ -51,7 +51,8 @@ def engine_kwargs(config: ServingConfig) -> dict[str, Any]:
         "max_num_seqs": model.max_num_seqs,
         "max_num_batched_tokens": model.max_num_batched_tokens,
         "tensor_parallel_size": model.tensor_parallel_size,
-        "distributed_executor_backend": "ray" if model.tensor_parallel_size > 1 else None,
+        "distributed_executor_backend": model.distributed_executor_backend
+        if model.tensor_parallel_size > 1 else None,
         "gpu_memory_utilization": model.gpu_memory_utilization,
         "enforce_eager": model.enforce_eager,
         "enable_prefix_caching": model.enable_prefix_caching,

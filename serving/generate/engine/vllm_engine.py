@@ -45,6 +45,17 @@ def _logprobs(step, top: int | None) -> tuple[Logprob, ...]:
     return tuple(out)
 
 
+def share_ray_cluster() -> None:
+    """Point vLLM's engine core at this replica's Ray cluster. It runs in a subprocess that
+    calls ``ray.init()`` itself, and a Serve replica has no ``RAY_ADDRESS``: without it the
+    core would start a Ray instance of its own inside this node, where the replica's
+    placement group (the TP workers' bundles) does not exist."""
+    import ray
+
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 class VLLMEngine:
     def __init__(self, config: ServingConfig):
         for key, value in engine_env(config).items():
@@ -52,6 +63,8 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if config.model.tensor_parallel_size > 1:
+            share_ray_cluster()
         args = AsyncEngineArgs(**engine_kwargs(config))
         before = reaper.descendants()
         self._engine = AsyncLLM.from_engine_args(args)

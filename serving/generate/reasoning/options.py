@@ -25,6 +25,7 @@ class ReasoningOptions:
     # a JSON response_format in split mode: free reasoning, then the answer under the schema
     reason_then_schema: bool = False
     schema_answer_tokens: int = 0  # kept back from max_tokens for that answer
+    schema_from_start: bool = False  # a JSON response_format without free reasoning first
 
 
 def resolve_reasoning_options(config: ReasoningConfig, chat: ChatCompletionRequest,
@@ -65,4 +66,5 @@ def resolve_reasoning_options(config: ReasoningConfig, chat: ChatCompletionReque
         guard=guard,
         reason_then_schema=reason_then_schema,
         schema_answer_tokens=config.structured_answer_tokens,
+        schema_from_start=chat.structured is not None and not reason_then_schema,
     )

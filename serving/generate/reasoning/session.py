@@ -100,7 +100,7 @@ class ReasoningSession:
     def feed(self, text: str, token_ids: Sequence[int]) -> tuple[Deltas, Next]:
         """One engine step: its new text and token ids."""
         # a marker already written (held back until its line goes on) makes these answer tokens
-        if not (self._splitter.in_answer or self._splitter.marker_pending):
+        if self.in_reasoning and not self.options.schema_from_start:  # JSON is no reasoning
             self.reasoning_tokens += len(token_ids)
         self.completion_tokens += len(token_ids)
         self.generated_ids.extend(token_ids)

@@ -256,6 +256,7 @@ def test_without_split_mode_the_schema_holds_from_the_first_token(tiny_model_dir
     final = asyncio.run(gen.complete(request(gen, max_tokens=60, **VERDICT), [])).choices[0]
     assert len(seen) == 1 and seen[0].json is not None and seen[0].max_tokens == 60
     assert final.text == "{}" and final.outcome.max_reasoning_tokens is None
+    assert final.outcome.reasoning_tokens == 0  # an answer in the schema, no reasoning
 
 
 def test_the_engine_checks_the_options_before_the_request_is_accepted(tiny_model_dir):
