@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TINY_DIR := .qvq/models/tiny-qwen2vl
 CONFIG ?= configs/local-cpu.yaml
 
-.PHONY: setup install model run test test-unit test-integration test-k8s k8s-generate bench lint clean
+.PHONY: setup install model run test test-unit test-integration test-cluster test-k8s k8s-generate bench lint clean
 
 setup: install model
 
@@ -25,6 +25,9 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest tests/integration
+
+test-cluster: setup
+	$(PY) -m pytest tests/cluster tests/integration/test_tensor_parallel.py
 
 test-k8s: install
 	$(PY) -m pytest tests/k8s

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
 import os
+import pathlib
 import signal
 import sys
 import threading
@@ -182,6 +184,35 @@ def _k8s_check(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def _dev_cluster(args: argparse.Namespace) -> int:
+    from serving.kube import chart, localcluster
+
+    values = chart.load_values(pathlib.Path(args.values))
+    rayservice = next(o for o in chart.objects(chart.render(values)) if o["kind"] == "RayService")
+    shapes = localcluster.node_shapes(rayservice)
+    with localcluster.running(shapes) as cluster:
+        print(f"Ray cluster of {len(shapes)} nodes on 127.0.0.1 (address {cluster.address}, "
+              f"dashboard {cluster.dashboard}):")
+        for shape in shapes:
+            extra = "".join(f", {k} {v:g}" for k, v in shape.resources.items())
+            print(f"  {shape.name:16} CPU {shape.num_cpus:g}, GPU {shape.num_gpus:g}{extra}")
+        if args.model_path:
+            data = pathlib.Path(args.data_dir).resolve()
+            config = localcluster.local_serve_config(
+                rayservice, model_dir=str(pathlib.Path(args.model_path).resolve()),
+                storage={"backend": "local", "local": {"root": str(data / "store")}},
+                data_dir=str(data), port=args.port)
+            cluster.deploy(config)
+            cluster.wait_until_running([app["name"] for app in config["applications"]])
+            print(f"API: http://127.0.0.1:{args.port}/v1  placement: "
+                  + json.dumps(cluster.replica_nodes()))
+        print("Ctrl-C stops every node.", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop nodes on TERM too
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     raw = args.key if args.key is not None else getpass.getpass("API key: ")
     print(json.dumps({"id": args.id, "sha256": hash_api_key(raw)}))
@@ -285,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_k8s_generate)
     p = k8s.add_parser("check", help="exit 1 when values.schema.json or k8s/ is out of date")
     p.set_defaults(func=_k8s_check)
+
+    dev = sub.add_parser("dev", help="development tools").add_subparsers(dest="dev_cmd",
+                                                                         required=True)
+    p = dev.add_parser("cluster", help="a Ray cluster of several nodes on this machine, one "
+                                       "per pod of the chart's RayCluster; with --model-path "
+                                       "the chart's serveConfigV2 deployed on it")
+    p.add_argument("--values", default="helm/qvq-serving/ci/tiny-gpu-group-values.yaml",
+                   help="chart values file the cluster is rendered from")
+    p.add_argument("--model-path", help="deploy the serve config with this model directory")
+    p.add_argument("--data-dir", default=".qvq/dev-cluster")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_dev_cluster)
 
     auth = sub.add_parser("auth", help="API keys").add_subparsers(dest="auth_cmd", required=True)
     p = auth.add_parser("hash-key", help="print the config entry (id, sha256) for a key")

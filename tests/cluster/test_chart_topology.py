@@ -1,0 +1,244 @@
+"""The chart's Ray topology, for real, on this machine: one Ray node per pod of the rendered
+RayService (helm/qvq-serving/ci/tiny-gpu-group-values.yaml: a head with 0 CPUs, a CPU worker
+group advertising ``qvq-cpu-worker``, a GPU worker group advertising one GPU per pod), and the
+chart's own ``serveConfigV2`` deployed through Serve's REST API as KubeRay submits it
+(serving/kube/localcluster.py says what one host changes: ports, proxy on the head only).
+
+Node resources come from the rendered chart, so the test breaks when chart and code disagree.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from serving.config import S3Config
+from serving.kube import chart, localcluster
+from serving.storage.s3 import make_client
+from tests.conftest import ROOT
+from tests.images import data_url, encode, photo
+
+VALUES = ROOT / "helm" / "qvq-serving" / "ci" / "tiny-gpu-group-values.yaml"
+MODEL = "qvq-72b-preview"
+API_KEY = "cluster-test-key"
+BUCKET = "qvq-cluster"
+CPU_ROLES = {"Router", "ImagePreprocessor", "BatchRunner", "RateLimiter"}
+
+
+def rendered_rayservice() -> dict:
+    objects = chart.objects(chart.render(chart.load_values(VALUES)))
+    return next(o for o in objects if o["kind"] == "RayService")
+
+
+@pytest.fixture(scope="module")
+def chart_cluster(tiny_model_dir, s3_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chart-cluster")
+    s3 = s3_server.s3_config(bucket=BUCKET)
+    with contextlib.suppress(Exception):  # already there from an earlier module
+        make_client(S3Config(**s3)).create_bucket(Bucket=BUCKET)
+    rayservice = rendered_rayservice()
+    shapes = localcluster.node_shapes(rayservice)
+    port = localcluster.free_port()
+    cluster = localcluster.LocalRayCluster(
+        shapes, log_dir=tmp / "nodes", env={"QVQ_CLUSTER_KEYS": f"ci:{API_KEY}"})
+    try:
+        cluster.start()
+        config = localcluster.local_serve_config(
+            rayservice, model_dir=str(tiny_model_dir), port=port, data_dir=str(tmp / "data"),
+            storage={"backend": "s3", "s3": s3},
+            api_keys_env="QVQ_CLUSTER_KEYS")
+        cluster.deploy(config)
+        cluster.wait_until_running([app["name"] for app in config["applications"]])
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{base}/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "no /health after the apps were RUNNING"
+            time.sleep(2)
+        yield {"cluster": cluster, "base": base, "shapes": shapes, "rayservice": rayservice}
+    finally:
+        cluster.stop()
+        assert not localcluster.leftover_processes(cluster.temp_dir), "stray Ray processes"
+
+
+def test_nodes_have_the_charts_resources(chart_cluster):
+    nodes = chart_cluster["cluster"].alive_nodes()
+    assert set(nodes) == {s.name for s in chart_cluster["shapes"]}
+    for shape in chart_cluster["shapes"]:
+        total = nodes[shape.name]["resources_total"]
+        assert total.get("CPU", 0) == shape.num_cpus
+        assert total.get("GPU", 0) == shape.num_gpus
+        for key, value in shape.resources.items():
+            assert total[key] == value
+    assert nodes["head"]["resources_total"].get("CPU", 0) == 0
+    assert nodes["cpu-workers-0"]["resources_total"]["qvq-cpu-worker"] > 0
+    assert nodes["gpu-workers-0"]["resources_total"]["GPU"] == 1
+
+
+def test_replicas_land_on_their_groups(chart_cluster):
+    placement = chart_cluster["cluster"].replica_nodes()
+    assert placement.get("QVQGenerator"), placement
+    assert {node.rsplit("-", 1)[0] for node in placement["QVQGenerator"]} == {"gpu-workers"}
+    for role in CPU_ROLES & set(placement):
+        assert {node.rsplit("-", 1)[0] for node in placement[role]} == {"cpu-workers"}, role
+    assert {"Router", "ImagePreprocessor"} <= set(placement)
+    assert not any("head" in nodes for nodes in placement.values())
+
+
+def test_chat_with_an_image_crosses_nodes(chart_cluster):
+    client = openai.OpenAI(base_url=f"{chart_cluster['base']}/v1", api_key=API_KEY,
+                           max_retries=0, timeout=120)
+    image = data_url(encode(photo(640, 480, seed=3), "JPEG"), "image/jpeg")
+    done = client.chat.completions.create(model=MODEL, max_tokens=8, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                     {"type": "text", "text": "What is this?"}]}])
+    assert done.usage.prompt_tokens > 100  # the image's visual tokens reached the engine
+    text = client.chat.completions.create(model=MODEL, max_tokens=4,
+                                          messages=[{"role": "user", "content": "hi"}])
+    assert text.usage.completion_tokens >= 1
+    print(json.dumps(chart_cluster["cluster"].replica_nodes()))
+
+
+def received_chunks(metrics_text: str) -> float:
+    """Object chunks a node's object manager received from other nodes, all kinds summed."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("ray_object_manager_received_chunks"))
+
+
+def image_chat(base: str, seed: int, max_tokens: int = 4) -> httpx.Response:
+    image = data_url(encode(photo(640, 480, seed=seed), "JPEG"), "image/jpeg")
+    return httpx.post(f"{base}/v1/chat/completions", timeout=120,
+                      headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"model": MODEL, "max_tokens": max_tokens, "messages": [
+                          {"role": "user", "content": [
+                              {"type": "image_url", "image_url": {"url": image}},
+                              {"type": "text", "text": "What is this?"}]}]})
+
+
+def test_pixels_cross_nodes_through_the_object_store(chart_cluster):
+    """The preprocessor (CPU node) hands the resized pixels to the generator (GPU node) as a
+    Ray object: the GPU node's object manager receives its chunks."""
+    cluster = chart_cluster["cluster"]
+    before = received_chunks(cluster.metrics("gpu-workers-0"))
+    assert image_chat(chart_cluster["base"], seed=21).status_code == 200
+    deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
+    while (after := received_chunks(cluster.metrics("gpu-workers-0"))) <= before:
+        assert time.monotonic() < deadline, "the GPU node received no object chunks"
+        time.sleep(2)
+    assert after > before
+
+
+def test_kubectl_status_reports_the_live_cluster(chart_cluster):
+    from serving.kube.plugin import render_status
+
+    report = localcluster.kube_status(chart_cluster["cluster"], chart_cluster["rayservice"])
+    active = report["clusters"]["active"]
+    assert {name: app["status"] for name, app in active["applications"].items()} == {
+        "qvq": "RUNNING", "qvq-chat": "RUNNING"}
+    assert active["applications"]["qvq-chat"]["deployments"]["QVQGenerator"]["status"] \
+        == "HEALTHY"
+    groups = active["groups"]
+    assert (groups["cpu-workers"]["running"], groups["gpu-workers"]["running"]) == (1, 1)
+    assert report["gpusInUse"] == 1
+    text = render_status(report)
+    assert "gpu-workers" in text and "QVQGenerator" in text
+
+
+def wait_for(what: str, check, timeout_s: float = 300) -> float:
+    """Seconds until ``check()`` is true (polled every second)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s} s"
+        time.sleep(1)
+    return time.monotonic() - started
+
+
+def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
+    """The GPU pod dies mid-stream. Measured, and printed: how the stream ends for its client
+    and when; a request sent while no generator exists waits in Serve for one (it is not
+    refused) and is answered once a replacement pod has joined (KubeRay recreates the pod;
+    here the test adds the node) and Serve has started the generator on it."""
+    cluster, base = chart_cluster["cluster"], chart_cluster["base"]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"model": MODEL, "max_tokens": 3000, "stream": True, "ignore_eos": True,
+            "loop_guard": "off", "messages": [{"role": "user", "content": "Go on."}]}
+    chunks, stream_end = 0, "done"
+    killed_at = None
+    try:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers,
+                          timeout=60) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                chunks += 1
+                if chunks == 5:
+                    cluster.kill("gpu-workers-0")
+                    killed_at = time.monotonic()
+                if line.startswith('data: {"error"'):
+                    stream_end = "error event"
+            if stream_end == "done":
+                stream_end = "closed without [DONE]" if line != "data: [DONE]" else "done"
+    except httpx.ReadTimeout:
+        stream_end = "no byte for 60 s (client timeout)"
+    except httpx.HTTPError as exc:
+        stream_end = f"connection error ({type(exc).__name__})"
+    stream_ended_s = time.monotonic() - killed_at
+    assert stream_end != "done"
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent_at = time.monotonic()
+        waiting = pool.submit(image_chat, base, 8)
+        gpu = next(s for s in chart_cluster["shapes"] if s.group == "gpu-workers")
+        cluster.add(localcluster.NodeShape("gpu-workers-1", gpu.group, gpu.num_cpus,
+                                           gpu.num_gpus, gpu.resources))
+        node_up = time.monotonic() - killed_at
+        answered = waiting.result(timeout=600)
+        waited = time.monotonic() - sent_at
+    assert answered.status_code == 200, answered.text
+    assert cluster.replica_nodes()["QVQGenerator"] == ["gpu-workers-1"]
+    print("GPU node loss:", json.dumps({
+        "stream": stream_end, "stream_ended_after_kill_s": round(stream_ended_s, 1),
+        "replacement_node_up_after_kill_s": round(node_up, 1),
+        "request_sent_while_down": f"{answered.status_code} after {waited:.1f} s"}))
+
+
+def test_losing_the_cpu_node_then_a_replacement_node(chart_cluster):
+    """The CPU pod (router, preprocessor, batch runner) dies: text chat, served by the
+    generator's own ingress on the GPU node, goes on; an image chat needs the preprocessor,
+    and waits for (or is refused until) a replacement pod. Measured and printed."""
+    cluster, base = chart_cluster["cluster"], chart_cluster["base"]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    cluster.kill("cpu-workers-0")
+    killed_at = time.monotonic()
+    text = httpx.post(f"{base}/v1/chat/completions", headers=headers, timeout=120,
+                      json={"model": MODEL, "max_tokens": 2,
+                            "messages": [{"role": "user", "content": "hi"}]})
+    text_s = time.monotonic() - killed_at
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent_at = time.monotonic()
+        waiting = pool.submit(image_chat, base, 6)
+        cpu = next(s for s in chart_cluster["shapes"] if s.group == "cpu-workers")
+        cluster.add(localcluster.NodeShape("cpu-workers-1", cpu.group, cpu.num_cpus,
+                                           cpu.num_gpus, cpu.resources))
+        node_up = time.monotonic() - killed_at
+        try:
+            image = waiting.result(timeout=600)
+            image_outcome = f"{image.status_code} after {time.monotonic() - sent_at:.1f} s"
+        except httpx.HTTPError as exc:
+            image_outcome = f"{type(exc).__name__} after {time.monotonic() - sent_at:.1f} s"
+    serving = wait_for("an image chat answered after the replacement",
+                       lambda: image_chat(base, seed=7).status_code == 200)
+    models = httpx.get(f"{base}/v1/models", headers=headers, timeout=30)
+    print("CPU node loss:", json.dumps({
+        "text_chat_while_down": f"{text.status_code} after {text_s:.1f} s",
+        "image_chat_sent_while_down": image_outcome,
+        "replacement_node_up_after_kill_s": round(node_up, 1),
+        "images_served_again_after_kill_s": round(time.monotonic() - killed_at, 1),
+        "last_wait_s": round(serving, 1)}))
+    assert text.status_code == 200
+    assert models.status_code == 200
+    assert cluster.replica_nodes()["ImagePreprocessor"] == ["cpu-workers-1"]
