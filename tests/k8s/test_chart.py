@@ -343,3 +343,26 @@ def test_scaling_a_deployment_of_the_rendered_service_is_in_place():
     gen = {d["name"]: d for d in chat_new["deployments"]}["QVQGenerator"]
     assert (gen["autoscaling_config"]["min_replicas"],
             gen["autoscaling_config"]["max_replicas"]) == (2, 6)
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_gcs_fault_tolerance_renders_kuberays_options(kube_version):
+    values = {"gcsFaultTolerance": {
+        "enabled": True, "redisAddress": "redis.qvq.svc.cluster.local:6379",
+        "redisPasswordSecret": {"name": "qvq-redis", "key": "password"},
+        "externalStorageNamespace": "qvq-prod"}}
+    objs = render_objects(values)
+    svc = rayservice(objs)
+    validate_object(svc, kube_version)  # against KubeRay's RayService CRD schema
+    assert svc["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {
+        "redisAddress": "redis.qvq.svc.cluster.local:6379",
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "qvq-redis",
+                                                         "key": "password"}}},
+        "externalStorageNamespace": "qvq-prod"}
+    off = rayservice(render_objects(None))
+    assert "gcsFaultToleranceOptions" not in off["spec"]["rayClusterConfig"]
+
+
+def test_gcs_fault_tolerance_needs_a_redis_address():
+    with pytest.raises(Exception, match="redisAddress"):
+        render_objects({"gcsFaultTolerance": {"enabled": True}})

@@ -276,6 +276,22 @@ enableInTreeAutoscaling: {{ .autoscale }}
 autoscalerOptions:
   {{- toYaml $.Values.autoscaler.options | nindent 2 }}
 {{- end }}
+{{- with $.Values.gcsFaultTolerance }}
+{{- if .enabled }}
+gcsFaultToleranceOptions:
+  redisAddress: {{ required "gcsFaultTolerance.redisAddress is required when gcsFaultTolerance.enabled" .redisAddress | quote }}
+  {{- if .redisPasswordSecret.name }}
+  redisPassword:
+    valueFrom:
+      secretKeyRef:
+        name: {{ .redisPasswordSecret.name }}
+        key: {{ .redisPasswordSecret.key }}
+  {{- end }}
+  {{- with .externalStorageNamespace }}
+  externalStorageNamespace: {{ . | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
 headGroupSpec:
   rayStartParams:
     {{- with $.Values.head.rayStartParams }}
