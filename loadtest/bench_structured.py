@@ -30,7 +30,7 @@ import jsonschema
 from loadtest import records
 from loadtest.photos import photo_jpeg
 from loadtest.records import machine_facts
-from loadtest.servers import ROOT, ours
+from loadtest.servers import ROOT, add_model_args, model_dir_of, ours
 
 SCHEMA = {"type": "object", "additionalProperties": False,
           "required": ["trend", "peak_year", "confident"],
@@ -84,19 +84,14 @@ def run_mode(base: str, model: str, fields: dict, args: argparse.Namespace,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
-    parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+    add_model_args(parser)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--max-reasoning-tokens", type=int, default=256)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    from serving.models.tiny import MARKER, build_tiny_qwen2vl
-
-    model_dir = pathlib.Path(args.model_dir)
-    if not (model_dir / MARKER).exists() and not (model_dir / "config.json").exists():
-        model_dir = build_tiny_qwen2vl(model_dir)
+    model_dir = model_dir_of(args.model_dir)
     stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"structured-{stamp}"
     server = ours(model_dir, work, pathlib.Path(args.config), {})

@@ -43,6 +43,8 @@ from loadtest.servers import (
     ROOT,
     SERVER_NAMES,
     ManagedServer,
+    add_model_args,
+    model_dir_of,
     server_factories,
 )
 
@@ -212,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=sorted(PRESETS), default=None,
                         help="a preset workload (module docstring); it sets the scenarios, "
                              "loads and sampling, and the other flags are ignored")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
-    parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+    add_model_args(parser)
     parser.add_argument("--servers", type=csv(str), default=[OURS, BARE_VLLM],
                         help=f"any of {', '.join(SERVER_NAMES)} (vLLM's own OpenAI server, "
                              "Ray Serve LLM's OpenAI app)")
@@ -247,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown servers {sorted(set(args.servers) - set(SERVER_NAMES))}; "
                      f"choose from {', '.join(SERVER_NAMES)}")
 
-    from serving.models.tiny import MARKER, build_tiny_qwen2vl
-
-    model_dir = pathlib.Path(args.model_dir)
-    if not (model_dir / MARKER).exists() and not (model_dir / "config.json").exists():
-        model_dir = build_tiny_qwen2vl(model_dir)
+    model_dir = model_dir_of(args.model_dir)
     stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"compare-{stamp}"
     cache = ROOT / ".qvq" / "bench" / "photos"

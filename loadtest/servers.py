@@ -162,6 +162,23 @@ class ManagedServer:
         psutil.wait_procs(alive, timeout=10)
 
 
+def add_model_args(parser) -> None:
+    """``--config`` (our serving config, also the baselines' engine arguments) and
+    ``--model-dir`` (the checkpoint every server measured loads)."""
+    parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
+    parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+
+
+def model_dir_of(path: str) -> pathlib.Path:
+    """The checkpoint at ``path``; the tiny model is built there first when nothing is."""
+    from serving.models.tiny import MARKER, build_tiny_qwen2vl
+
+    model_dir = pathlib.Path(path)
+    if not (model_dir / MARKER).exists() and not (model_dir / "config.json").exists():
+        model_dir = build_tiny_qwen2vl(model_dir)
+    return model_dir
+
+
 def ours(model_dir: pathlib.Path, work: pathlib.Path, base_config: pathlib.Path,
          overrides: dict | None = None) -> ManagedServer:
     config = yaml.safe_load(base_config.read_text())

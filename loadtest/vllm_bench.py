@@ -21,7 +21,15 @@ import sys
 
 from loadtest import records
 from loadtest.records import machine_facts
-from loadtest.servers import BARE_VLLM, OURS, ROOT, ours, server_factories
+from loadtest.servers import (
+    BARE_VLLM,
+    OURS,
+    ROOT,
+    add_model_args,
+    model_dir_of,
+    ours,
+    server_factories,
+)
 
 METRICS = ("request_throughput", "output_throughput", "median_ttft_ms", "p99_ttft_ms",
            "median_tpot_ms", "median_itl_ms", "p99_itl_ms")
@@ -47,8 +55,7 @@ def bench_argv(base: str, model: str, tokenizer: pathlib.Path, out: pathlib.Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "local-cpu.yaml"))
-    parser.add_argument("--model-dir", default=str(ROOT / ".qvq" / "models" / "tiny-qwen2vl"))
+    add_model_args(parser)
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--max-concurrency", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=64)
@@ -58,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    from serving.models.tiny import MARKER, build_tiny_qwen2vl
-
-    model_dir = pathlib.Path(args.model_dir)
-    if not (model_dir / MARKER).exists() and not (model_dir / "config.json").exists():
-        model_dir = build_tiny_qwen2vl(model_dir)
+    model_dir = model_dir_of(args.model_dir)
     stamp = records.stamp()
     work = ROOT / ".qvq" / "bench" / f"vllm-bench-{stamp}"
     config = pathlib.Path(args.config)

@@ -29,6 +29,14 @@ _PIXELS = [10**k for k in range(4, 9)] + [25_000_000, 64_000_000]
 TOKEN_KINDS = ("prompt", "completion", "reasoning")
 
 
+def add(counter: metrics.Counter, amount: float,
+        tags: Mapping[str, str] | None = None) -> None:
+    """``counter.inc(amount)`` for an amount that may be 0: Ray's counters refuse 0 (a
+    ValueError, which turned an answer without reasoning tokens into a 500)."""
+    if amount > 0:
+        counter.inc(amount, tags=dict(tags) if tags is not None else None)
+
+
 def start_at_zero(counter: metrics.Counter, tag_sets: Iterable[Mapping[str, str]] = ({},)) -> None:
     """Export each of these series at 0 now. Ray's public ``Counter.inc`` refuses 0, so this
     records through the metric's own ``_record``, which ``inc`` calls after its check."""

@@ -31,7 +31,7 @@ from serving.api.limits import RateLease
 from serving.config import ServingConfig
 from serving.errors import RateLimitError, ServiceUnavailableError, unwrap
 from serving.messages import Completion, GenerationRequest
-from serving.metrics import ApiMetrics
+from serving.metrics import ApiMetrics, add
 from serving.preprocess.geometry import visual_tokens
 from serving.protocol import TextPart
 
@@ -181,11 +181,9 @@ class Gatekeeper:
         self.in_flight -= 1
         if final is not None:
             tokens = self._metrics.tokens
-            tokens.inc(final.prompt_tokens, tags={"key": ticket.caller, "kind": "prompt"})
-            tokens.inc(final.completion_tokens, tags={"key": ticket.caller, "kind": "completion"})
-            if final.reasoning_tokens is not None:
-                tokens.inc(final.reasoning_tokens,
-                           tags={"key": ticket.caller, "kind": "reasoning"})
+            add(tokens, final.prompt_tokens, {"key": ticket.caller, "kind": "prompt"})
+            add(tokens, final.completion_tokens, {"key": ticket.caller, "kind": "completion"})
+            add(tokens, final.reasoning_tokens or 0, {"key": ticket.caller, "kind": "reasoning"})
         rate_lease = ticket.rate_lease
         if rate_lease is not None and self._limiter is not None:
             used = None if final is None else final.prompt_tokens + final.completion_tokens

@@ -30,7 +30,7 @@ from serving.config import ServingConfig
 from serving.errors import NotFoundError, to_api_error
 from serving.logs import route_to_serve_logs
 from serving.messages import BATCH_PRIORITY, completion_response
-from serving.metrics import BatchMetrics
+from serving.metrics import BatchMetrics, add
 from serving.protocol import ChatCompletionRequest
 from serving.roles import BATCH_RUNNER, generator_handle
 from serving.storage.factory import open_store
@@ -177,9 +177,8 @@ class BatchRunner:
             counts = batch.request_counts
             counts.completed = sum(c for c, _ in done.values())
             counts.failed = sum(f for _, f in done.values())
-            self._metrics.lines.inc(len(results) - failed, tags={"status": "completed"})
-            if failed:
-                self._metrics.lines.inc(failed, tags={"status": "failed"})
+            add(self._metrics.lines, len(results) - failed, {"status": "completed"})
+            add(self._metrics.lines, failed, {"status": "failed"})
             self._remaining[batch.id] = counts.total - counts.completed - counts.failed
             self._metrics.remaining.set(sum(self._remaining.values()))
             await asyncio.to_thread(self._batches.save, batch)  # the checkpoint

@@ -28,6 +28,7 @@ VALUES = ROOT / "helm" / "qvq-serving" / "ci" / "tiny-gpu-group-values.yaml"
 MODEL = "qvq-72b-preview"
 API_KEY = "cluster-test-key"
 BUCKET = "qvq-cluster"
+BATCH_LINES = 24
 CPU_ROLES = {"Router", "ImagePreprocessor", "BatchRunner", "RateLimiter"}
 
 
@@ -158,6 +159,48 @@ def wait_for(what: str, check, timeout_s: float = 300) -> float:
     return time.monotonic() - started
 
 
+def across_replacement(chart_cluster, group: str, name: str, killed_at: float,
+                       seed: int) -> tuple[str, float]:
+    """An image chat sent while ``group`` has no node, then a replacement pod of the group
+    joins (KubeRay recreates a lost pod; here the test adds the node): how that request
+    ended, and the seconds from the loss until the new node was up."""
+    shape = next(s for s in chart_cluster["shapes"] if s.group == group)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent_at = time.monotonic()
+        waiting = pool.submit(image_chat, chart_cluster["base"], seed)
+        chart_cluster["cluster"].add(localcluster.NodeShape(
+            name, group, shape.num_cpus, shape.num_gpus, shape.resources))
+        node_up = time.monotonic() - killed_at
+        try:
+            outcome = str(waiting.result(timeout=600).status_code)
+        except httpx.HTTPError as exc:
+            outcome = type(exc).__name__
+    return f"{outcome} after {time.monotonic() - sent_at:.1f} s", node_up
+
+
+def wait_batch(chart_cluster, batch_id: str, until=None, timeout_s: float = 600):
+    client = chart_cluster["client"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "cancelled", "expired") \
+                or (until is not None and until(batch)):
+            return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} stuck in {batch.status}"
+        time.sleep(1)
+
+
+def batch_of(client: openai.OpenAI, lines: int):
+    jsonl = "".join(json.dumps({
+        "custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "max_tokens": 48, "ignore_eos": True, "loop_guard": "off",
+                 "messages": [{"role": "user", "content": f"Line {i}."}]}}) + "\n"
+        for i in range(lines))
+    upload = client.files.create(file=("in.jsonl", jsonl.encode()), purpose="batch")
+    return client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h")
+
+
 def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
     """The GPU pod dies mid-stream. Measured, and printed: how the stream ends for its client
     and when; a request sent while no generator exists waits in Serve for one (it is not
@@ -167,6 +210,11 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     body = {"model": MODEL, "max_tokens": 3000, "stream": True, "ignore_eos": True,
             "loop_guard": "off", "messages": [{"role": "user", "content": "Go on."}]}
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    chart_cluster["client"] = client
+    chart_cluster["batch"] = batch_of(client, BATCH_LINES)  # runs across the loss
+    wait_batch(chart_cluster, chart_cluster["batch"].id, until=lambda b: b.request_counts
+               and b.request_counts.completed >= 2)
     chunks, stream_end = 0, "done"
     killed_at = None
     try:
@@ -189,21 +237,21 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
     stream_ended_s = time.monotonic() - killed_at
     assert stream_end != "done"
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        sent_at = time.monotonic()
-        waiting = pool.submit(image_chat, base, 8)
-        gpu = next(s for s in chart_cluster["shapes"] if s.group == "gpu-workers")
-        cluster.add(localcluster.NodeShape("gpu-workers-1", gpu.group, gpu.num_cpus,
-                                           gpu.num_gpus, gpu.resources))
-        node_up = time.monotonic() - killed_at
-        answered = waiting.result(timeout=600)
-        waited = time.monotonic() - sent_at
-    assert answered.status_code == 200, answered.text
+    outcome, node_up = across_replacement(chart_cluster, "gpu-workers", "gpu-workers-1",
+                                          killed_at, seed=8)
+    assert outcome.startswith("200 "), outcome
     assert cluster.replica_nodes()["QVQGenerator"] == ["gpu-workers-1"]
+    done = wait_batch(chart_cluster, chart_cluster["batch"].id)
+    ids = [json.loads(line)["custom_id"] for line in chart_cluster["client"].files.content(
+        done.output_file_id).read().splitlines() if line]
     print("GPU node loss:", json.dumps({
         "stream": stream_end, "stream_ended_after_kill_s": round(stream_ended_s, 1),
         "replacement_node_up_after_kill_s": round(node_up, 1),
-        "request_sent_while_down": f"{answered.status_code} after {waited:.1f} s"}))
+        "request_sent_while_down": outcome,
+        "batch_across_the_loss": f"{done.status}, {done.request_counts.completed} completed, "
+                                 f"{done.request_counts.failed} failed"}))
+    assert done.status == "completed" and done.request_counts.failed == 0
+    assert sorted(ids) == sorted(f"line-{i}" for i in range(BATCH_LINES))  # each exactly once
 
 
 def test_losing_the_cpu_node_then_a_replacement_node(chart_cluster):
@@ -218,18 +266,8 @@ def test_losing_the_cpu_node_then_a_replacement_node(chart_cluster):
                       json={"model": MODEL, "max_tokens": 2,
                             "messages": [{"role": "user", "content": "hi"}]})
     text_s = time.monotonic() - killed_at
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        sent_at = time.monotonic()
-        waiting = pool.submit(image_chat, base, 6)
-        cpu = next(s for s in chart_cluster["shapes"] if s.group == "cpu-workers")
-        cluster.add(localcluster.NodeShape("cpu-workers-1", cpu.group, cpu.num_cpus,
-                                           cpu.num_gpus, cpu.resources))
-        node_up = time.monotonic() - killed_at
-        try:
-            image = waiting.result(timeout=600)
-            image_outcome = f"{image.status_code} after {time.monotonic() - sent_at:.1f} s"
-        except httpx.HTTPError as exc:
-            image_outcome = f"{type(exc).__name__} after {time.monotonic() - sent_at:.1f} s"
+    image_outcome, node_up = across_replacement(chart_cluster, "cpu-workers",
+                                                "cpu-workers-1", killed_at, seed=6)
     serving = wait_for("an image chat answered after the replacement",
                        lambda: image_chat(base, seed=7).status_code == 200)
     models = httpx.get(f"{base}/v1/models", headers=headers, timeout=30)

@@ -81,3 +81,23 @@ def test_every_response_of_a_limited_key_gets_rate_headers_unlimited_keys_none()
     assert asyncio.run(gate.headers_for(scope_of("team-b"))) == {}
     assert asyncio.run(gate.headers_for(scope_of(None))) == {}
     assert asyncio.run(gate.headers_for(scope_of("team-a", authenticated=False))) == {}
+
+
+def test_an_answer_without_reasoning_tokens_is_settled():
+    """A schema-constrained answer counts 0 reasoning tokens; Ray's counters refuse an
+    increment of 0, which must not turn the finished request into a 500."""
+    from serving.generate.reasoning.session import ReasoningOutcome
+    from serving.messages import Completion, GenerationEvent
+
+    config = config_from_dict(BASE, environ={})
+    gate = Gatekeeper(config, limiter=None, metrics=ApiMetrics())
+    outcome = ReasoningOutcome(split=False, final_answer_found=False, boxed=[],
+                               reasoning_tokens=0)
+    final = GenerationEvent("final", prompt_tokens=12, completion_tokens=5, outcome=outcome)
+
+    async def scenario():
+        ticket = await gate.enter(request("key-a", config))
+        gate.leave(ticket, Completion((final,)))
+
+    asyncio.run(scenario())
+    assert gate.in_flight == 0
