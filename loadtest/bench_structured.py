@@ -29,7 +29,6 @@ import jsonschema
 
 from loadtest import records
 from loadtest.photos import photo_jpeg
-from loadtest.records import machine_facts
 from loadtest.servers import ROOT, add_model_args, model_dir_of, ours
 
 SCHEMA = {"type": "object", "additionalProperties": False,
@@ -108,12 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     first = results["schema-first"]["latency_mean_s"]
     ratios = {mode: round(r["latency_mean_s"] / first, 2) for mode, r in results.items()}
-    report = {"benchmark": "structured", "timestamp": stamp, "machine": machine_facts(),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"},
-              "results": results, "latency_over_schema_first": ratios}
-    path = records.write(records.result_path("structured", stamp, args.out), report)
-    print(json.dumps(ratios, indent=2))
-    print(f"wrote {path}")
+    records.save_run("structured", stamp, args, ratios, results=results,
+                     latency_over_schema_first=ratios)
     return 0
 
 

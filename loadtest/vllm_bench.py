@@ -20,7 +20,6 @@ import subprocess
 import sys
 
 from loadtest import records
-from loadtest.records import machine_facts
 from loadtest.servers import (
     BARE_VLLM,
     OURS,
@@ -96,12 +95,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     ratios = {m: round(results[OURS][m] / results[BARE_VLLM][m], 3)
               for m in METRICS if results[BARE_VLLM].get(m)}
-    report = {"benchmark": "vllm-bench", "timestamp": stamp, "machine": machine_facts(),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"},
-              "results": results, "ours_over_bare": ratios}
-    path = records.write(records.result_path("vllm-bench", stamp, args.out), report)
-    print(json.dumps(ratios, indent=2))
-    print(f"wrote {path}")
+    records.save_run("vllm-bench", stamp, args, ratios, results=results,
+                     ours_over_bare=ratios)
     return 0
 
 
