@@ -98,20 +98,21 @@ def error_response(exc: BaseException) -> JSONResponse:
         api_exc: QVQError = validation_to_error(exc)
     else:
         api_exc = to_api_error(exc)
+    body = api_exc.to_openai()
+    error = body["error"]
+    code = error.get("code") or error["type"]
     if not isinstance(api_exc, APIError):
         logger.exception("unhandled error", exc_info=exc)
     elif api_exc.status_code < 500:
         # the access log shows only the status; this says what the client must fix (JSON
         # logs carry the request id of the access log line)
-        body = api_exc.to_openai()["error"]
-        logger.info("%d %s%s: %s", api_exc.status_code, body.get("code") or body["type"],
-                    f" (param {body['param']})" if body.get("param") else "",
+        logger.info("%d %s%s: %s", api_exc.status_code, code,
+                    f" (param {error['param']})" if error.get("param") else "",
                     elide(api_exc.message, 300))
     scope = current_scope()
     if scope is not None:
-        body = api_exc.to_openai()["error"]
-        scope.error_code = body.get("code") or body["type"]
-    return JSONResponse(api_exc.to_openai(), status_code=api_exc.status_code,
+        scope.error_code = code
+    return JSONResponse(body, status_code=api_exc.status_code,
                         headers=api_exc.response_headers() or None)
 
 
