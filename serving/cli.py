@@ -190,12 +190,24 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     values = chart.load_values(pathlib.Path(args.values))
     rayservice = next(o for o in chart.objects(chart.render(values)) if o["kind"] == "RayService")
     shapes = localcluster.node_shapes(rayservice)
-    with localcluster.running(shapes) as cluster:
-        print(f"Ray cluster of {len(shapes)} nodes on 127.0.0.1 (address {cluster.address}, "
-              f"dashboard {cluster.dashboard}):")
-        for shape in shapes:
-            extra = "".join(f", {k} {v:g}" for k, v in shape.resources.items())
-            print(f"  {shape.name:16} CPU {shape.num_cpus:g}, GPU {shape.num_gpus:g}{extra}")
+    # as KubeRay: with the in-tree autoscaler the head starts alone and the autoscaler brings
+    # up each group's minimum; with GCS fault tolerance the head keeps its tables in Redis
+    autoscale = bool(rayservice["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling"))
+    head_env, worker_env = localcluster.gcs_fault_tolerance_env(rayservice)
+    with localcluster.running(
+            shapes[:1] if autoscale else shapes, head_env=head_env, worker_env=worker_env,
+            autoscaling=localcluster.autoscaling_config(rayservice) if autoscale else None,
+    ) as cluster:
+        nodes = cluster.alive_nodes()
+        print(f"Ray cluster of {len(nodes)} nodes on 127.0.0.1 (address {cluster.address}, "
+              f"dashboard {cluster.dashboard}"
+              + (", Ray's autoscaler adds and removes workers" if autoscale else "") + "):")
+        for name, node in sorted(nodes.items()):
+            total = node.get("resources_total") or {}
+            extra = "".join(f", {k} {v:g}" for k, v in total.items()
+                            if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                            and not k.startswith("node:"))
+            print(f"  {name:18} CPU {total.get('CPU', 0):g}, GPU {total.get('GPU', 0):g}{extra}")
         if args.model_path:
             data = pathlib.Path(args.data_dir).resolve()
             config = localcluster.local_serve_config(
@@ -320,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="development tools").add_subparsers(dest="dev_cmd",
                                                                          required=True)
     p = dev.add_parser("cluster", help="a Ray cluster of several nodes on this machine, one "
-                                       "per pod of the chart's RayCluster; with --model-path "
-                                       "the chart's serveConfigV2 deployed on it")
+                                       "per pod of the chart's RayCluster (with the chart's "
+                                       "autoscaler on: the head, and Ray's autoscaler adds "
+                                       "the workers); with --model-path the chart's "
+                                       "serveConfigV2 deployed on it")
     p.add_argument("--values", default="helm/qvq-serving/ci/tiny-gpu-group-values.yaml",
                    help="chart values file the cluster is rendered from")
     p.add_argument("--model-path", help="deploy the serve config with this model directory")

@@ -116,6 +116,57 @@ def node_shapes(rayservice: dict[str, Any]) -> list[NodeShape]:
     return shapes
 
 
+FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+HEAD_NODE_TYPE = "ray.head.default"  # the fake provider's name for the head's type
+
+
+def autoscaling_config(rayservice: dict[str, Any]) -> dict[str, Any]:
+    """The autoscaler config KubeRay's in-tree autoscaler would run with for this RayService
+    (Ray's own translation of the RayCluster spec: node types, their resources, min/max
+    workers, idle timeout, upscaling speed), with Ray's fake multi-node provider in place of
+    KubeRay's: a node it launches is a raylet on this machine instead of a pod."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr,
+    )
+
+    cluster_spec = rayservice["spec"]["rayClusterConfig"]
+    config = _derive_autoscaling_config_from_ray_cr({
+        "metadata": {"name": rayservice["metadata"]["name"],
+                     "namespace": rayservice["metadata"].get("namespace", "default")},
+        "spec": cluster_spec})
+    types = config["available_node_types"]
+    types[HEAD_NODE_TYPE] = types.pop(config["head_node_type"])
+    config["head_node_type"] = HEAD_NODE_TYPE
+    for name, node_type in types.items():
+        # memory comes from the pod's limit there; here every node shares one machine's
+        node_type["resources"].pop("memory", None)
+        node_type["labels"] = {**(node_type.get("labels") or {}),
+                               GROUP_LABEL: "head" if name == HEAD_NODE_TYPE else name}
+    config["provider"] = {"type": "external", "module": FAKE_PROVIDER,
+                          "use_node_id_as_ip": True, "disable_node_updaters": True,
+                          "disable_launch_config_check": True}
+    return config
+
+
+# What KubeRay gives the worker pods of a cluster with GCS fault tolerance: a raylet waits this
+# long for a restarted GCS (Ray's default, 60 s, would end every worker of a head restarting
+# more slowly than that)
+FT_WORKER_RECONNECT_S = "600"
+
+
+def gcs_fault_tolerance_env(rayservice: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment KubeRay sets from ``gcsFaultToleranceOptions``: the head's GCS keeps
+    its tables in Redis under a namespace (the RayCluster's UID unless the chart names one),
+    the workers wait for a restarted GCS. Empty for a cluster without it."""
+    options = rayservice["spec"]["rayClusterConfig"].get("gcsFaultToleranceOptions")
+    if not options:
+        return {}, {}
+    namespace = options.get("externalStorageNamespace") or secrets.token_hex(8)
+    return ({"RAY_REDIS_ADDRESS": options["redisAddress"],
+             "RAY_external_storage_namespace": namespace},
+            {"RAY_gcs_rpc_server_reconnect_timeout_s": FT_WORKER_RECONNECT_S})
+
+
 def serve_config(rayservice: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
@@ -172,9 +223,16 @@ class LocalRayCluster:
     goodbye); ``stop`` ends all of them, and nothing of the cluster outlives it."""
 
     def __init__(self, shapes: list[NodeShape], *, env: Mapping[str, str] | None = None,
-                 log_dir: pathlib.Path | None = None):
+                 log_dir: pathlib.Path | None = None,
+                 autoscaling: dict[str, Any] | None = None,
+                 head_env: Mapping[str, str] | None = None,
+                 worker_env: Mapping[str, str] | None = None):
         if not shapes or shapes[0].group != "head":
             raise LocalClusterError("the first node must be the head")
+        if autoscaling is not None and len(shapes) > 1:
+            raise LocalClusterError("with the autoscaler, the head is the only node to start: "
+                                    "the autoscaler starts each group's minimum")
+        self.autoscaling = autoscaling
         self.shapes = shapes
         self.temp_dir = pathlib.Path(tempfile.mkdtemp(prefix="qvqc-", dir="/tmp"))
         self.log_dir = log_dir or self.temp_dir / "nodes"
@@ -187,7 +245,13 @@ class LocalRayCluster:
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
                     "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_AUTH_MODE": "token",
                     "RAY_AUTH_TOKEN": token, **(env or {})}
+        if autoscaling is not None:
+            # the fake provider refuses to load without the first; the second is the period
+            # of the autoscaler's loop (KubeRay's runs every 5 s; 1 s keeps the measured
+            # stages about Serve and the nodes rather than this loop)
+            self.env |= {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.head_env, self.worker_env = dict(head_env or {}), dict(worker_env or {})
         self.nodes: dict[str, _Node] = {}
         self.killed: set[str] = set()
 
@@ -219,6 +283,11 @@ class LocalRayCluster:
             argv += ["--head", "--port", str(self.gcs_port), "--temp-dir", str(self.temp_dir),
                      "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                      "--dashboard-port", str(self.dashboard_port)]
+            if self.autoscaling is not None:
+                config = self.temp_dir / "autoscaling.yaml"
+                self.autoscaling["provider"]["gcs_address"] = self.address
+                config.write_text(yaml.safe_dump(self.autoscaling))
+                argv += ["--autoscaling-config", str(config)]
         else:
             argv += ["--address", self.address]
         return argv
@@ -226,9 +295,11 @@ class LocalRayCluster:
     def _launch(self, shape: NodeShape) -> None:
         log = self.log_dir / f"{shape.name}.log"
         metrics_port = free_port()
+        env = self.env | (self.head_env if shape.group == "head" else self.worker_env)
         with log.open("a") as out:
-            proc = subprocess.Popen(self._argv(shape, metrics_port), env=self.env, stdout=out,
+            proc = subprocess.Popen(self._argv(shape, metrics_port), env=env, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.killed.discard(shape.name)
         self.nodes[shape.name] = _Node(shape, proc, log, metrics_port)
 
     def metrics(self, name: str) -> str:
@@ -244,7 +315,40 @@ class LocalRayCluster:
         for shape in workers:  # one at a time: nodes of one host name their sockets in turn
             self._launch(shape)
             self.wait_for_nodes([shape.name], timeout_s)
+        if self.autoscaling is not None:
+            minimum = {name: t.get("min_workers", 0)
+                       for name, t in self.autoscaling["available_node_types"].items()
+                       if name != HEAD_NODE_TYPE}
+            self._wait(lambda nodes: all(len(group_nodes(nodes, g)) >= n
+                                         for g, n in minimum.items()),
+                       timeout_s, "the autoscaler's minimum workers")
         return self
+
+    def restart_head(self, timeout_s: float = 180) -> None:
+        """The head pod's container starts again (KubeRay's restartPolicy), on the same
+        address: a new GCS, which reloads the cluster's tables from Redis if it has GCS fault
+        tolerance and starts empty if not."""
+        # a restarted container has a fresh file system: without this, ``ray start`` reads
+        # the last cluster's address there and, finding this host's worker raylets pointed
+        # at it, refuses to start a GCS "already running" (one pod's view of one host)
+        (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+        self._launch(self.nodes["head"].shape)
+        self._wait_for_dashboard(timeout_s)
+
+    def exited(self) -> list[str]:
+        """Nodes whose processes ended without :meth:`kill` (a worker whose raylet the new
+        head refused, for one)."""
+        return [name for name, node in self.nodes.items()
+                if name not in self.killed and node.proc.poll() is not None]
+
+    def relaunch_exited(self, timeout_s: float = 120) -> list[str]:
+        """Every worker pod whose container ended starts again (same pod, same group) and
+        joins, as Kubernetes restarts a pod's container."""
+        names = self.exited()
+        self.killed.update(names)  # until each is up again, its end is expected
+        for name in names:
+            self.add(self.nodes[name].shape, timeout_s)
+        return names
 
     def add(self, shape: NodeShape, timeout_s: float = 120) -> None:
         """One more pod of a group (what the autoscaler would add)."""
@@ -257,8 +361,7 @@ class LocalRayCluster:
         resp.raise_for_status()
         out = {}
         for node in resp.json()["data"]["result"]["result"]:
-            name = (node.get("labels") or {}).get(NODE_LABEL)
-            if name and node.get("state") == "ALIVE":
+            if node.get("state") == "ALIVE" and (name := node_name(node)):
                 out[name] = node
         return out
 
@@ -365,6 +468,23 @@ class LocalRayCluster:
                         out.setdefault(dep_name, []).append(
                             by_id.get(replica.get("node_id"), "?"))
         return out
+
+
+def node_name(node: Mapping[str, Any]) -> str | None:
+    """Our name of a Ray node (the state API's record): the one we gave a node we started;
+    the group and the end of the node id for one the autoscaler started (the fake provider
+    numbers them: ``gpu-workers-00001``)."""
+    labels = node.get("labels") or {}
+    if NODE_LABEL in labels:
+        return labels[NODE_LABEL]
+    if GROUP_LABEL in labels:
+        return f"{labels[GROUP_LABEL]}-{node['node_id'][-5:]}"
+    return None
+
+
+def group_nodes(nodes: Mapping[str, Any], group: str) -> list[str]:
+    return [name for name, node in nodes.items()
+            if (node.get("labels") or {}).get(GROUP_LABEL) == group]
 
 
 def kube_status(cluster: LocalRayCluster, rayservice: dict[str, Any]) -> dict[str, Any]:

@@ -10,61 +10,35 @@ Node resources come from the rendered chart, so the test breaks when chart and c
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import time
 
 import httpx
-import openai
 import pytest
 
-from serving.config import S3Config
-from serving.kube import chart, localcluster
-from serving.storage.s3 import make_client
-from tests.conftest import ROOT
+from serving.kube import localcluster
+from tests.cluster.chart_cluster import (
+    API_KEY,
+    CI_VALUES,
+    MODEL,
+    batch_of,
+    deployed,
+    image_chat,
+    output_ids,
+    wait_batch,
+    wait_for,
+)
 from tests.images import data_url, encode, photo
 
-VALUES = ROOT / "helm" / "qvq-serving" / "ci" / "tiny-gpu-group-values.yaml"
-MODEL = "qvq-72b-preview"
-API_KEY = "cluster-test-key"
-BUCKET = "qvq-cluster"
 BATCH_LINES = 24
 CPU_ROLES = {"Router", "ImagePreprocessor", "BatchRunner", "RateLimiter"}
 
 
-def rendered_rayservice() -> dict:
-    objects = chart.objects(chart.render(chart.load_values(VALUES)))
-    return next(o for o in objects if o["kind"] == "RayService")
-
-
 @pytest.fixture(scope="module")
 def chart_cluster(tiny_model_dir, s3_server, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("chart-cluster")
-    s3 = s3_server.s3_config(bucket=BUCKET)
-    with contextlib.suppress(Exception):  # already there from an earlier module
-        make_client(S3Config(**s3)).create_bucket(Bucket=BUCKET)
-    rayservice = rendered_rayservice()
-    shapes = localcluster.node_shapes(rayservice)
-    port = localcluster.free_port()
-    cluster = localcluster.LocalRayCluster(
-        shapes, log_dir=tmp / "nodes", env={"QVQ_CLUSTER_KEYS": f"ci:{API_KEY}"})
-    try:
-        cluster.start()
-        config = localcluster.local_serve_config(
-            rayservice, model_dir=str(tiny_model_dir), port=port, data_dir=str(tmp / "data"),
-            storage={"backend": "s3", "s3": s3},
-            api_keys_env="QVQ_CLUSTER_KEYS")
-        cluster.deploy(config)
-        cluster.wait_until_running([app["name"] for app in config["applications"]])
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{base}/health", timeout=30).status_code != 200:
-            assert time.monotonic() < deadline, "no /health after the apps were RUNNING"
-            time.sleep(2)
-        yield {"cluster": cluster, "base": base, "shapes": shapes, "rayservice": rayservice}
-    finally:
-        cluster.stop()
-        assert not localcluster.leftover_processes(cluster.temp_dir), "stray Ray processes"
+    with deployed(CI_VALUES / "tiny-gpu-group-values.yaml", model_dir=tiny_model_dir,
+                  s3_server=s3_server, tmp=tmp_path_factory.mktemp("chart-cluster")) as running:
+        yield running
 
 
 def test_nodes_have_the_charts_resources(chart_cluster):
@@ -92,8 +66,7 @@ def test_replicas_land_on_their_groups(chart_cluster):
 
 
 def test_chat_with_an_image_crosses_nodes(chart_cluster):
-    client = openai.OpenAI(base_url=f"{chart_cluster['base']}/v1", api_key=API_KEY,
-                           max_retries=0, timeout=120)
+    client = chart_cluster["client"]
     image = data_url(encode(photo(640, 480, seed=3), "JPEG"), "image/jpeg")
     done = client.chat.completions.create(model=MODEL, max_tokens=8, messages=[
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
@@ -109,16 +82,6 @@ def received_chunks(metrics_text: str) -> float:
     """Object chunks a node's object manager received from other nodes, all kinds summed."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
                if line.startswith("ray_object_manager_received_chunks"))
-
-
-def image_chat(base: str, seed: int, max_tokens: int = 4) -> httpx.Response:
-    image = data_url(encode(photo(640, 480, seed=seed), "JPEG"), "image/jpeg")
-    return httpx.post(f"{base}/v1/chat/completions", timeout=120,
-                      headers={"Authorization": f"Bearer {API_KEY}"},
-                      json={"model": MODEL, "max_tokens": max_tokens, "messages": [
-                          {"role": "user", "content": [
-                              {"type": "image_url", "image_url": {"url": image}},
-                              {"type": "text", "text": "What is this?"}]}]})
 
 
 def test_pixels_cross_nodes_through_the_object_store(chart_cluster):
@@ -150,15 +113,6 @@ def test_kubectl_status_reports_the_live_cluster(chart_cluster):
     assert "gpu-workers" in text and "QVQGenerator" in text
 
 
-def wait_for(what: str, check, timeout_s: float = 300) -> float:
-    """Seconds until ``check()`` is true (polled every second)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s} s"
-        time.sleep(1)
-    return time.monotonic() - started
-
-
 def across_replacement(chart_cluster, group: str, name: str, killed_at: float,
                        seed: int) -> tuple[str, float]:
     """An image chat sent while ``group`` has no node, then a replacement pod of the group
@@ -178,29 +132,6 @@ def across_replacement(chart_cluster, group: str, name: str, killed_at: float,
     return f"{outcome} after {time.monotonic() - sent_at:.1f} s", node_up
 
 
-def wait_batch(chart_cluster, batch_id: str, until=None, timeout_s: float = 600):
-    client = chart_cluster["client"]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in ("completed", "failed", "cancelled", "expired") \
-                or (until is not None and until(batch)):
-            return batch
-        assert time.monotonic() < deadline, f"batch {batch_id} stuck in {batch.status}"
-        time.sleep(1)
-
-
-def batch_of(client: openai.OpenAI, lines: int):
-    jsonl = "".join(json.dumps({
-        "custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": MODEL, "max_tokens": 48, "ignore_eos": True, "loop_guard": "off",
-                 "messages": [{"role": "user", "content": f"Line {i}."}]}}) + "\n"
-        for i in range(lines))
-    upload = client.files.create(file=("in.jsonl", jsonl.encode()), purpose="batch")
-    return client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                 completion_window="24h")
-
-
 def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
     """The GPU pod dies mid-stream. Measured, and printed: how the stream ends for its client
     and when; a request sent while no generator exists waits in Serve for one (it is not
@@ -210,10 +141,9 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     body = {"model": MODEL, "max_tokens": 3000, "stream": True, "ignore_eos": True,
             "loop_guard": "off", "messages": [{"role": "user", "content": "Go on."}]}
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0, timeout=60)
-    chart_cluster["client"] = client
-    chart_cluster["batch"] = batch_of(client, BATCH_LINES)  # runs across the loss
-    wait_batch(chart_cluster, chart_cluster["batch"].id, until=lambda b: b.request_counts
+    client = chart_cluster["client"]
+    batch = batch_of(client, BATCH_LINES)  # runs across the loss
+    wait_batch(client, batch.id, until=lambda b: b.request_counts
                and b.request_counts.completed >= 2)
     chunks, stream_end = 0, "done"
     killed_at = None
@@ -241,9 +171,8 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
                                           killed_at, seed=8)
     assert outcome.startswith("200 "), outcome
     assert cluster.replica_nodes()["QVQGenerator"] == ["gpu-workers-1"]
-    done = wait_batch(chart_cluster, chart_cluster["batch"].id)
-    ids = [json.loads(line)["custom_id"] for line in chart_cluster["client"].files.content(
-        done.output_file_id).read().splitlines() if line]
+    done = wait_batch(client, batch.id)
+    ids = output_ids(client, done)
     print("GPU node loss:", json.dumps({
         "stream": stream_end, "stream_ended_after_kill_s": round(stream_ended_s, 1),
         "replacement_node_up_after_kill_s": round(node_up, 1),

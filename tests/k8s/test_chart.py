@@ -44,7 +44,8 @@ def rendered(request):
 
 def test_ci_values_files_exist():
     assert CI_VALUES == ["qvq-72b-4xh100-values.yaml", "qvq-72b-8xa100-values.yaml",
-                         "tiny-cpu-values.yaml", "tiny-gpu-group-values.yaml"]
+                         "tiny-autoscaling-values.yaml", "tiny-cpu-values.yaml",
+                         "tiny-gpu-group-values.yaml"]
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)

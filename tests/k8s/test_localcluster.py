@@ -46,3 +46,51 @@ def test_the_serve_config_keeps_the_charts_deployments():
     assert config["http_options"] == {**original["http_options"], "host": "127.0.0.1",
                                       "port": 8123}
     assert original["http_options"]["request_timeout_s"] == 900
+
+
+def test_the_autoscaler_config_is_kuberays_translation_of_the_chart():
+    """Ray's own KubeRay translation of the rendered RayCluster (node types from the groups,
+    min/max from minReplicas/maxReplicas, idle timeout from autoscalerOptions), with the fake
+    provider that starts a raylet where KubeRay would create a pod."""
+    rs = rayservice("tiny-autoscaling-values.yaml")
+    assert rs["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    config = localcluster.autoscaling_config(rs)
+    types = config["available_node_types"]
+    assert set(types) == {localcluster.HEAD_NODE_TYPE, "cpu-workers", "gpu-workers"}
+    assert config["head_node_type"] == localcluster.HEAD_NODE_TYPE
+    assert types[localcluster.HEAD_NODE_TYPE]["resources"] == {"CPU": 0, "GPU": 0}
+    assert types["cpu-workers"]["resources"] == {"CPU": 1, "GPU": 0, "qvq-cpu-worker": 1000}
+    assert types["gpu-workers"]["resources"] == {"CPU": 4, "GPU": 1}
+    for name, group in (("cpu-workers", "cpu-workers"), ("gpu-workers", "gpu-workers")):
+        assert (types[name]["min_workers"], types[name]["max_workers"]) == (1, 2)
+        assert types[name]["labels"] == {localcluster.GROUP_LABEL: group}
+    assert config["idle_timeout_minutes"] == 15 / 60
+    assert config["upscaling_speed"] == 1000  # upscalingMode Default: no rate limit
+    assert config["provider"]["module"] == localcluster.FAKE_PROVIDER
+    assert config["max_workers"] == 4
+
+
+def test_gcs_fault_tolerance_env_follows_the_charts_option():
+    values = chart.load_values(VALUES / "tiny-gpu-group-values.yaml")
+    objects = chart.objects(chart.render(values))
+    assert localcluster.gcs_fault_tolerance_env(
+        next(o for o in objects if o["kind"] == "RayService")) == ({}, {})
+    values["gcsFaultTolerance"] = {"enabled": True, "redisAddress": "127.0.0.1:6390",
+                                   "externalStorageNamespace": "qvq-prod"}
+    objects = chart.objects(chart.render(values))
+    head, worker = localcluster.gcs_fault_tolerance_env(
+        next(o for o in objects if o["kind"] == "RayService"))
+    assert head == {"RAY_REDIS_ADDRESS": "127.0.0.1:6390",
+                    "RAY_external_storage_namespace": "qvq-prod"}
+    assert worker == {"RAY_gcs_rpc_server_reconnect_timeout_s": "600"}
+
+
+def test_node_names():
+    node_id = "f" * 51 + "00003"
+    assert localcluster.node_name({"labels": {localcluster.NODE_LABEL: "gpu-workers-0"},
+                                   "node_id": node_id}) == "gpu-workers-0"
+    assert localcluster.node_name({"labels": {localcluster.GROUP_LABEL: "gpu-workers"},
+                                   "node_id": node_id}) == "gpu-workers-00003"
+    assert localcluster.node_name({"labels": {}, "node_id": node_id}) is None
+    nodes = {"a": {"labels": {localcluster.GROUP_LABEL: "g"}}, "b": {"labels": {}}}
+    assert localcluster.group_nodes(nodes, "g") == ["a"]
