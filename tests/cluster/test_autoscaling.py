@@ -178,7 +178,7 @@ def scale_out_stages(timeline: Timeline, step_at: float, deployment: str,
         "serve_decision_s": after(step_at, stamps(
             timeline.controller_log(), f"Upscaling Deployment(name='{deployment}'")),
         "node_requested_s": after(step_at, stamps(
-            timeline.monitor_log(), "Adding", f"node(s) of type {group}")),
+            timeline.monitor_log(), "Launching", f"nodes, type {group}.")),
         "node_up_s": after(step_at, list(new.values())),
         "replica_started_s": after(step_at, stamps(logs, "Started initializing replica")),
         "replica_ready_s": after(step_at, stamps(logs, "Finished initializing replica")),
