@@ -13,6 +13,11 @@ What one host cannot hold is changed, and only that: every port is picked free p
 each have their own network), Serve's proxy runs on the head only and is Serve's Python proxy
 (HAProxy's stats ports are fixed, one per host).
 
+With the chart's autoscaler on, the head starts alone with Ray's in-tree autoscaler, configured
+by Ray's own translation of the RayCluster spec (:func:`autoscaling_config`) and Ray's fake
+multi-node provider: it starts each group's minimum, and a node where KubeRay would create a
+pod. With GCS fault tolerance the nodes get the environment KubeRay derives from it.
+
 ``qvq dev cluster`` runs one for a person; the cluster tests use :class:`LocalRayCluster`.
 """
 
