@@ -7,10 +7,10 @@ starts a raylet on this machine where KubeRay would create a pod
 up each group's minimum.
 
 Measured and printed (``-s``), written into loadtest/README.md ("Autoscaling across nodes"):
-seconds from a load step to each stage of a scale-out (Serve's decision, the new node up, the
-replica placed on it, its engine ready, the first request it served), and of the scale-in
-after the load (Serve's decision, the replica gone, the node gone); every request sent
-meanwhile must succeed.
+seconds from a load step to each stage of a scale-out (Serve's decision, the autoscaler's,
+the new node up, the replica started on it, its engine ready, the first request it served),
+and of the scale-in after the load (Serve's decision, the replica gone, the node gone); every
+request sent meanwhile must succeed.
 """
 
 from __future__ import annotations
@@ -154,6 +154,25 @@ def stamps(text: str, *needles: str) -> list[float]:
     return found
 
 
+LAUNCHER = re.compile(r"(NodeLauncher\d+): (Got \d+ nodes to launch|Launching \d+ nodes, "
+                      r"type (\S+)\.)")
+
+
+def launches(monitor_log: str, group: str) -> list[float]:
+    """When the autoscaler decided to launch a node of ``group``: its launcher thread's
+    ``Got N nodes to launch`` line (the type is only named in the ``Launching`` line that
+    thread writes once the node was created)."""
+    decided: dict[str, float] = {}
+    found = []
+    for line in monitor_log.splitlines():
+        if (m := LAUNCHER.search(line)) and (at := stamps(line, m[1])):
+            if m[3] is None:
+                decided[m[1]] = at[0]
+            elif m[3] == group and m[1] in decided:
+                found.append(decided.pop(m[1]))
+    return found
+
+
 def after(since: float, times: list[float]) -> float | None:
     """Seconds from ``since`` to the first of ``times`` at or after it."""
     later = [t for t in times if t >= since]
@@ -177,8 +196,7 @@ def scale_out_stages(timeline: Timeline, step_at: float, deployment: str,
     stages = {
         "serve_decision_s": after(step_at, stamps(
             timeline.controller_log(), f"Upscaling Deployment(name='{deployment}'")),
-        "node_requested_s": after(step_at, stamps(
-            timeline.monitor_log(), "Launching", f"nodes, type {group}.")),
+        "node_requested_s": after(step_at, launches(timeline.monitor_log(), group)),
         "node_up_s": after(step_at, list(new.values())),
         "replica_started_s": after(step_at, stamps(logs, "Started initializing replica")),
         "replica_ready_s": after(step_at, stamps(logs, "Finished initializing replica")),
