@@ -11,7 +11,9 @@ dashboard.
 
 What one host cannot hold is changed, and only that: every port is picked free per node (pods
 each have their own network), Serve's proxy runs on the head only and is Serve's Python proxy
-(HAProxy's stats ports are fixed, one per host).
+(HAProxy's stats ports are fixed, one per host). Every node registers and talks on loopback
+only (:mod:`serving.kube.raystart`; :meth:`LocalRayCluster.alive_nodes` refuses a node that
+registered elsewhere).
 
 With the chart's autoscaler on, the head starts alone with Ray's in-tree autoscaler, configured
 by Ray's own translation of the RayCluster spec (:func:`autoscaling_config`) and Ray's fake
@@ -44,6 +46,7 @@ import yaml
 
 NODE_LABEL = "qvq.local/node"  # each node's name, as a Ray node label
 GROUP_LABEL = "qvq.local/group"  # head, cpu-workers, gpu-workers
+LOOPBACK = "127.0.0.1"  # every node of a one-host cluster, and every address it uses
 
 
 class LocalClusterError(RuntimeError):
@@ -256,7 +259,12 @@ class LocalRayCluster:
             # stages about Serve and the nodes rather than this loop)
             self.env |= {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.head_env, self.worker_env = dict(head_env or {}), dict(worker_env or {})
+        # the processes of the head that have no node of their own, the autoscaler's monitor
+        # and the nodes its fake provider starts, take loopback as this host's address (Ray's
+        # switch for single-host Ray on macOS and Windows; a worker's ``ray start`` refuses
+        # to join with it, so only the head gets it)
+        self.head_env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(head_env or {})}
+        self.worker_env = dict(worker_env or {})
         self.nodes: dict[str, _Node] = {}
         self.killed: set[str] = set()
 
@@ -273,9 +281,9 @@ class LocalRayCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _argv(self, shape: NodeShape, metrics_port: int) -> list[str]:
-        ray = str(pathlib.Path(sys.executable).with_name("ray"))
         labels = f"{NODE_LABEL}={shape.name},{GROUP_LABEL}={shape.group}"
-        argv = [ray, "start", "--block", "--node-ip-address", "127.0.0.1",
+        argv = [sys.executable, "-m", "serving.kube.raystart", "start", "--block",
+                "--node-ip-address", LOOPBACK,
                 "--num-cpus", f"{shape.num_cpus:g}", "--num-gpus", f"{shape.num_gpus:g}",
                 "--labels", labels, "--disable-usage-stats",
                 "--dashboard-agent-listen-port", str(free_port()),
@@ -367,6 +375,10 @@ class LocalRayCluster:
         out = {}
         for node in resp.json()["data"]["result"]["result"]:
             if node.get("state") == "ALIVE" and (name := node_name(node)):
+                if node.get("node_ip") != LOOPBACK:
+                    raise LocalClusterError(
+                        f"node {name} registered at {node.get('node_ip')}, not {LOOPBACK}: "
+                        "the nodes of one host must talk over loopback only")
                 out[name] = node
         return out
 

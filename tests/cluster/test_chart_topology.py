@@ -147,6 +147,10 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
                and b.request_counts.completed >= 2)
     chunks, stream_end = 0, "done"
     killed_at = None
+    in_flight_pool = concurrent.futures.ThreadPoolExecutor(1)
+    in_flight = in_flight_pool.submit(httpx.post, f"{base}/v1/chat/completions", headers=headers,
+                                      timeout=600, json={**body, "stream": False,
+                                                         "max_tokens": 1200})
     try:
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers,
                           timeout=60) as resp:
@@ -166,6 +170,14 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
         stream_end = f"connection error ({type(exc).__name__})"
     stream_ended_s = time.monotonic() - killed_at
     assert stream_end != "done"
+    try:
+        answer = in_flight.result(timeout=120)
+        non_streamed = f"{answer.status_code} {answer.headers.get('content-type')} " \
+                       f"{answer.text[:80]!r}"
+    except httpx.HTTPError as exc:
+        non_streamed = f"connection error ({type(exc).__name__})"
+    non_streamed += f" {time.monotonic() - killed_at:.1f} s after the kill"
+    in_flight_pool.shutdown()
 
     outcome, node_up = across_replacement(chart_cluster, "gpu-workers", "gpu-workers-1",
                                           killed_at, seed=8)
@@ -175,6 +187,7 @@ def test_losing_the_gpu_node_then_a_replacement_node(chart_cluster):
     ids = output_ids(client, done)
     print("GPU node loss:", json.dumps({
         "stream": stream_end, "stream_ended_after_kill_s": round(stream_ended_s, 1),
+        "non_streamed_in_flight": non_streamed,
         "replacement_node_up_after_kill_s": round(node_up, 1),
         "request_sent_while_down": outcome,
         "batch_across_the_loss": f"{done.status}, {done.request_counts.completed} completed, "
