@@ -428,6 +428,33 @@ class LocalRayCluster:
                 proc.kill()
         self.nodes[name].proc.wait(timeout=30)
 
+    def kill_autoscaled(self, name: str) -> None:
+        """A node the autoscaler started, gone at once: its raylet, the agents and workers the
+        raylet started (every one names the node's id on its command line). The autoscaler
+        is told nothing: it sees the node's heartbeats stop, as it would for a lost pod."""
+        node_id = self.alive_nodes()[name]["node_id"]
+        roots = [proc for proc in psutil.process_iter(["cmdline"])
+                 if any(node_id in arg for arg in proc.info["cmdline"] or ())]
+        if not roots:
+            raise LocalClusterError(f"no process of node {name} ({node_id})")
+        procs = {proc.pid: proc for root in roots for proc in self._tree(root)}
+        for proc in procs.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        # gone, or a zombie until the autoscaler's monitor (their parent) reaps them
+        deadline = time.monotonic() + 30
+        while any(_running(proc) for proc in procs.values()):
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"node {name} still runs 30 s after SIGKILL")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _tree(root: psutil.Process) -> list[psutil.Process]:
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def stop(self) -> None:
         for name in reversed(list(self.nodes)):
             node = self.nodes[name]
@@ -529,6 +556,13 @@ def kube_status(cluster: LocalRayCluster, rayservice: dict[str, Any]) -> dict[st
             "status": {"phase": "Running",
                        "conditions": [{"type": "Ready", "status": "True"}]}})
     return summarize(rs, {"local": (None, pods)})
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def leftover_processes(temp_dir: pathlib.Path) -> list[psutil.Process]:

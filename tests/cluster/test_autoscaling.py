@@ -10,7 +10,8 @@ Measured and printed (``-s``), written into loadtest/README.md ("Autoscaling acr
 seconds from a load step to each stage of a scale-out (Serve's decision, the autoscaler's,
 the new node up, the replica started on it, its engine ready, the first request it served),
 and of the scale-in after the load (Serve's decision, the replica gone, the node gone); every
-request sent meanwhile must succeed.
+request sent meanwhile must succeed. And a GPU node lost at the group's minimum, replaced by
+the autoscaler alone.
 """
 
 from __future__ import annotations
@@ -319,6 +320,13 @@ def at_minimum(cluster: localcluster.LocalRayCluster) -> bool:
                     for group in GROUP_OF.values()))
 
 
+def running_replicas(cluster: localcluster.LocalRayCluster, deployment: str) -> int:
+    return sum(replica["state"] == "RUNNING"
+               for app in (cluster.serve_details().get("applications") or {}).values()
+               for replica in ((app.get("deployments") or {}).get(deployment) or {}).get(
+                   "replicas") or [])
+
+
 def group_sets(cluster: localcluster.LocalRayCluster) -> set[str]:
     nodes = cluster.alive_nodes()
     return {name for group in GROUP_OF.values()
@@ -414,3 +422,61 @@ def test_a_batch_on_an_idle_cluster_scales_out_finishes_and_scales_in(scaling_cl
     # autoscaler's logs (what `scale_out_stages` read)
     assert all(v is not None for v in result["scale_out"].values()), result
     assert all(v is not None for v in result["scale_in"].values()), result
+
+
+def test_a_lost_gpu_node_is_replaced_by_the_autoscaler(scaling_cluster):
+    """The GPU pod at the group's minimum is lost, with nothing but the autoscaler to replace
+    it (the test tells no one). Serve loses its generator and asks for another, which fits no
+    node; the autoscaler launches a GPU node for it and terminates the lost one, which it
+    still counted (as idle once its resources read unused, or as "lost contact with raylet"
+    once its heartbeats are overdue, whichever comes first); the generator starts there. A
+    chat sent once Serve saw its generator die waits in Serve and is answered by the new one.
+    Seconds from the loss to each stage, printed."""
+    cluster, base = scaling_cluster["cluster"], scaling_cluster["base"]
+    wait_for("the cluster at its minimum", lambda: at_minimum(cluster), 300)
+    minimum = group_sets(cluster)
+    nodes = cluster.alive_nodes()
+    [lost] = localcluster.group_nodes(nodes, "gpu-workers")
+    terminated = f"Terminating the node with id {nodes[lost]['node_id']}"
+    timeline = Timeline(cluster).start()
+    try:
+        lost_at = time.time()
+        cluster.kill_autoscaled(lost)
+        # sent once Serve's controller has seen the replica die (the proxy learns it from
+        # the controller): a request routed to the dead replica before that is the in-flight
+        # case, measured in tests/cluster/test_chart_topology.py
+        wait_for("Serve to see its generator gone",
+                 lambda: running_replicas(cluster, GENERATOR) == 0, 180)
+        replica_gone_at = time.time()
+        sent = httpx.post(f"{base}/v1/chat/completions", timeout=600,
+                          headers={"Authorization": f"Bearer {API_KEY}"},
+                          json={"model": MODEL, "max_tokens": 8,
+                                "messages": [{"role": "user", "content": "hi"}]})
+        answered_at = time.time()
+        wait_for("the lost node terminated by the autoscaler", lambda: stamps(
+            timeline.monitor_log(), terminated), 180)
+        wait_for("back to the minimum", lambda: at_minimum(cluster), 300)
+        time.sleep(2)
+    finally:
+        timeline.stop()
+    new = timeline.new_nodes("gpu-workers", minimum)
+    logs = "".join(timeline.replica_logs(GENERATOR, set(new)))
+    monitor = timeline.monitor_log()
+    gone = [s.at for s in timeline.snapshots if lost not in s.nodes.get("gpu-workers", [])]
+    stages = {
+        "node_dead_in_ray_s": after(lost_at, gone),
+        "serve_saw_replica_gone_s": round(replica_gone_at - lost_at, 1),
+        "node_requested_s": after(lost_at, launches(monitor, "gpu-workers")),
+        "lost_node_terminated_s": after(lost_at, stamps(monitor, terminated)),
+        "new_node_up_s": after(lost_at, list(new.values())),
+        "replica_ready_s": after(lost_at, stamps(logs, "Finished initializing replica")),
+        "request_answered_s": round(answered_at - lost_at, 1)}
+    print("GPU node lost, replaced by the autoscaler:", json.dumps({
+        "lost": lost, "replacement": sorted(new), "stages": stages,
+        "terminated_as": [line.rsplit("(", 1)[-1].rstrip(").") for line in
+                          monitor.splitlines() if terminated in line],
+        "request_sent_after_the_loss": sent.status_code}), timeline.errors[-3:])
+    assert sent.status_code == 200, sent.text
+    assert len(new) == 1, new
+    assert all(value is not None for value in stages.values()), stages
+    assert cluster.replica_nodes()[GENERATOR] == sorted(new)
