@@ -441,12 +441,8 @@ class LocalRayCluster:
         for proc in procs.values():
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-        # gone, or a zombie until the autoscaler's monitor (their parent) reaps them
-        deadline = time.monotonic() + 30
-        while any(_running(proc) for proc in procs.values()):
-            if time.monotonic() > deadline:
-                raise LocalClusterError(f"node {name} still runs 30 s after SIGKILL")
-            time.sleep(0.1)
+        if not _gone(list(procs.values()), timeout_s=30):
+            raise LocalClusterError(f"node {name} still runs 30 s after SIGKILL")
 
     @staticmethod
     def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -466,9 +462,15 @@ class LocalRayCluster:
                 for proc in alive:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         proc.kill()
-        for proc in leftover_processes(self.temp_dir):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+        # a few rounds: a SIGKILLed process takes a moment to end, and one that was starting
+        # (a worker a raylet spawned as the node went down) may show up only after a sweep
+        for _ in range(3):
+            if not (leftovers := leftover_processes(self.temp_dir)):
+                break
+            for proc in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            _gone(leftovers, timeout_s=30)
 
     # ------------------------------------------------------------------ Serve's REST API
 
@@ -563,6 +565,17 @@ def _running(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _gone(procs: list[psutil.Process], timeout_s: float) -> bool:
+    """Whether every one of ``procs`` ended (or is a zombie: its parent, maybe not us, has yet
+    to reap it) within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while any(_running(proc) for proc in procs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def leftover_processes(temp_dir: pathlib.Path) -> list[psutil.Process]:
